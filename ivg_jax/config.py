@@ -1,0 +1,246 @@
+"""One architecture description for every supported family, and its translation from/to HF configs.
+
+`ModelConfig` is frozen and hashable: it is static data of the jitted programs (part of the NNX graphdef).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+from ivg_jax.errors import UnsupportedError
+
+Family = Literal["gpt2", "llama", "mistral", "mixtral"]
+Head = Literal["lm", "value", "scalar"]
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-frequency rescaling. `kind` is "linear" or "llama3" (Llama-3.1's wavelength-dependent rule)."""
+
+    kind: str
+    factor: float
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_positions: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and options of a decoder-only transformer (glossary: D model, N heads, K kv heads, H head dim,
+    F ffw dim, V vocab, E experts)."""
+
+    family: Family
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    norm: Literal["rms", "layer"] = "rms"
+    norm_eps: float = 1e-5
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    activation: str = "silu"
+    attn_bias: bool = False  # biases of the q, k, v projections
+    attn_out_bias: bool = False
+    mlp_bias: bool = False
+    positions: Literal["rope", "learned"] = "rope"
+    max_positions: int = 2048
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    sliding_window: int | None = None
+    n_experts: int = 0
+    experts_per_token: int = 0
+    tie_embeddings: bool = False
+    head: Head = "lm"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.n_heads % self.n_kv_heads:
+            raise UnsupportedError(
+                f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}; "
+                "grouped-query attention needs whole groups")
+        if self.head not in ("lm", "value", "scalar"):
+            raise UnsupportedError(f"head={self.head!r}; choose 'lm', 'value' or 'scalar'")
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 0
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _eos_ids(value) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, int):
+        return (value,)
+    return tuple(int(v) for v in value)
+
+
+def _rope_from_hf(cfg: dict[str, Any]) -> tuple[float, RopeScaling | None]:
+    """Reads both the transformers-5 `rope_parameters` and the older `rope_theta` + `rope_scaling` spellings."""
+    params = dict(cfg.get("rope_parameters") or {})
+    legacy = cfg.get("rope_scaling") or {}
+    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+    merged = {**legacy, **params}
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    if kind in (None, "default"):
+        return theta, None
+    if kind == "linear":
+        return theta, RopeScaling("linear", float(merged["factor"]))
+    if kind == "llama3":
+        return theta, RopeScaling(
+            "llama3",
+            float(merged["factor"]),
+            float(merged.get("low_freq_factor", 1.0)),
+            float(merged.get("high_freq_factor", 4.0)),
+            int(merged.get("original_max_position_embeddings", 8192)),
+        )
+    raise UnsupportedError(
+        f"rope scaling type {kind!r} in config.json is not supported; supported: default, linear, llama3")
+
+
+def _head_from_hf(cfg: dict[str, Any]) -> Head:
+    if "ivg_jax_head" in cfg:
+        return cfg["ivg_jax_head"]
+    archs = cfg.get("architectures") or []
+    if any(a.endswith("ForSequenceClassification") for a in archs):
+        return "scalar"
+    return "lm"
+
+
+def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
+    """Translates a transformers `config.json` dict. Raises `UnsupportedError` naming the model type."""
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        archs = cfg.get("architectures")
+        raise UnsupportedError(
+            f"{source}: unsupported architecture model_type={model_type!r} (architectures={archs}); "
+            f"ivg-jax implements {', '.join(SUPPORTED_MODEL_TYPES)}. Convert the model to one of these "
+            "families or open an issue for the architecture.")
+    common = dict(
+        vocab_size=int(cfg["vocab_size"]),
+        bos_token_id=cfg.get("bos_token_id"),
+        eos_token_ids=_eos_ids(cfg.get("eos_token_id")),
+        pad_token_id=cfg.get("pad_token_id"),
+        head=_head_from_hf(cfg),
+    )
+    if model_type == "gpt2":
+        d = int(cfg["n_embd"])
+        n = int(cfg["n_head"])
+        if not cfg.get("scale_attn_weights", True) or cfg.get("scale_attn_by_inverse_layer_idx", False) \
+                or cfg.get("reorder_and_upcast_attn", False):
+            raise UnsupportedError(
+                f"{source}: GPT-2 attention-scaling variants (scale_attn_weights=False, "
+                "scale_attn_by_inverse_layer_idx, reorder_and_upcast_attn) are not supported")
+        return ModelConfig(
+            family="gpt2", d_model=d, n_layers=int(cfg["n_layer"]), n_heads=n, n_kv_heads=n, head_dim=d // n,
+            d_ff=int(cfg.get("n_inner") or 4 * d), norm="layer", norm_eps=float(cfg.get("layer_norm_epsilon", 1e-5)),
+            mlp="gelu", activation=cfg.get("activation_function", "gelu_new"), attn_bias=True, attn_out_bias=True,
+            mlp_bias=True, positions="learned", max_positions=int(cfg.get("n_positions", 1024)),
+            tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
+    d = int(cfg["hidden_size"])
+    n = int(cfg["num_attention_heads"])
+    theta, scaling = _rope_from_hf(cfg)
+    act = cfg.get("hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise UnsupportedError(f"{source}: hidden_act={act!r} is not supported for {model_type}; expected 'silu'")
+    sliding = cfg.get("sliding_window") if model_type in ("mistral", "mixtral") else None
+    return ModelConfig(
+        family=model_type, d_model=d, n_layers=int(cfg["num_hidden_layers"]), n_heads=n,
+        n_kv_heads=int(cfg.get("num_key_value_heads") or n), head_dim=int(cfg.get("head_dim") or d // n),
+        d_ff=int(cfg["intermediate_size"]), norm="rms", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        mlp="swiglu", activation="silu", attn_bias=bool(cfg.get("attention_bias", False)),
+        attn_out_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
+        positions="rope", max_positions=int(cfg.get("max_position_embeddings", 4096)), rope_theta=theta,
+        rope_scaling=scaling, sliding_window=int(sliding) if sliding else None,
+        n_experts=int(cfg.get("num_local_experts", 0)) if model_type == "mixtral" else 0,
+        experts_per_token=int(cfg.get("num_experts_per_tok", 0)) if model_type == "mixtral" else 0,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
+
+
+_HF_ARCH = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral"}
+
+
+def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
+    """The `config.json` transformers needs to load an exported model (the inverse of `config_from_hf`)."""
+    head_suffix = "ForSequenceClassification" if cfg.head == "scalar" else "ForCausalLM"
+    if cfg.family == "gpt2":
+        head_suffix = "ForSequenceClassification" if cfg.head == "scalar" else "LMHeadModel"
+    out: dict[str, Any] = {
+        "architectures": [_HF_ARCH[cfg.family] + head_suffix],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
+        (cfg.eos_token_ids[0] if cfg.eos_token_ids else None),
+        "pad_token_id": cfg.pad_token_id,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "ivg_jax_head": cfg.head,
+    }
+    if cfg.head == "scalar":
+        out["num_labels"] = 1
+    if cfg.family == "gpt2":
+        out.update(n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_ff,
+                   n_positions=cfg.max_positions, layer_norm_epsilon=cfg.norm_eps,
+                   activation_function=cfg.activation)
+        return out
+    rope: dict[str, Any] = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_scaling is not None:
+        s = cfg.rope_scaling
+        rope.update(rope_type=s.kind, factor=s.factor)
+        if s.kind == "llama3":
+            rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                        original_max_position_embeddings=s.original_max_positions)
+    out.update(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+               num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
+               rms_norm_eps=cfg.norm_eps, hidden_act="silu", max_position_embeddings=cfg.max_positions,
+               rope_parameters=rope, rope_theta=cfg.rope_theta)
+    if cfg.family == "llama":
+        out.update(attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias)
+    else:
+        out["sliding_window"] = cfg.sliding_window
+    if cfg.family == "mixtral":
+        out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.experts_per_token)
+    return out
+
+
+def config_from_gguf(meta: dict[str, Any], source: str, tied: bool) -> ModelConfig:
+    """Builds the config from GGUF metadata (`{arch}.*` keys). Only the llama architecture family is read.
+
+    `tied`: the file has no `output.weight`, so the LM head reuses the token embedding.
+    """
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise UnsupportedError(
+            f"{source}: GGUF architecture {arch!r} is not supported; ivg-jax reads llama-architecture GGUF "
+            "files (Llama, SmolLM2, Mistral exported as llama). Use the model's HF safetensors checkpoint instead.")
+    if meta.get("llama.expert_count"):
+        raise UnsupportedError(
+            f"{source}: mixture-of-experts GGUF files are not supported; load the HF safetensors checkpoint")
+    d = int(meta["llama.embedding_length"])
+    n = int(meta["llama.attention.head_count"])
+    n_kv = int(meta.get("llama.attention.head_count_kv", n))
+    head_dim = int(meta.get("llama.attention.key_length", d // n))
+    eos = meta.get("tokenizer.ggml.eos_token_id")
+    scaling = None
+    if meta.get("llama.rope.scaling.type") == "linear":
+        scaling = RopeScaling("linear", float(meta["llama.rope.scaling.factor"]))
+    sliding = meta.get("llama.attention.sliding_window")
+    return ModelConfig(
+        family="mistral" if sliding else "llama", vocab_size=int(meta.get("llama.vocab_size") or
+                                                                 len(meta["tokenizer.ggml.tokens"])),
+        d_model=d, n_layers=int(meta["llama.block_count"]), n_heads=n, n_kv_heads=n_kv, head_dim=head_dim,
+        d_ff=int(meta["llama.feed_forward_length"]), norm="rms",
+        norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)), mlp="swiglu",
+        positions="rope", max_positions=int(meta.get("llama.context_length", 4096)),
+        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)), rope_scaling=scaling,
+        sliding_window=int(sliding) if sliding else None,
+        tie_embeddings=tied, bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        eos_token_ids=_eos_ids(eos), pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))

@@ -1,0 +1,20 @@
+"""Errors raised on bad input, before any expensive work starts.
+
+Every message says what was wrong, where (file, key, shape) and what to do about it.
+"""
+
+
+class IvgError(ValueError):
+    """Base class of ivg-jax's user-facing errors."""
+
+
+class CheckpointError(IvgError):
+    """A checkpoint is missing, truncated, unsafe or does not match its config."""
+
+
+class UnsupportedError(IvgError):
+    """An architecture, quantisation or option that ivg-jax does not implement."""
+
+
+class InputError(IvgError):
+    """Bad call arguments: prompts, shapes, lengths."""

@@ -1,0 +1,92 @@
+"""Export a `Model` to a HF directory (config.json + safetensors + tokenizer) that transformers loads.
+
+The same layout table as loading is used in reverse. A value-head model is written as a `*ForCausalLM` whose
+`lm_head` is the value head (transformers' "logits" are then the token values; `ivg_jax_head: "value"` in
+config.json tells ivg-jax), a scalar-head model as `*ForSequenceClassification` with `num_labels=1`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ivg_jax.config import config_to_hf
+from ivg_jax.loading.layout import rules_for
+from ivg_jax.model.api import Model
+
+
+def _get_path(tree: dict, path: tuple[str, ...]):
+    for p in path:
+        tree = tree[p]
+    return tree
+
+
+def hf_tensors(model: Model):
+    """Yields (HF key, numpy array) one parameter at a time (fused GPT-2 c_attn parts are joined)."""
+    cfg = model.config
+    parts: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
+    for rule in rules_for(cfg):
+        ours = np.asarray(jax.device_get(_get_path(model.params, rule.path)))
+        for index, key in rule.keys(cfg.n_layers, cfg.n_experts):
+            tensor = rule.to_hf(ours[index])
+            if rule.part is None:
+                yield key, tensor
+                continue
+            parts[key][rule.part[0]] = tensor
+            if len(parts[key]) == rule.part[1]:
+                joined = parts.pop(key)
+                yield key, np.concatenate([joined[j] for j in range(rule.part[1])], axis=-1)
+
+
+def _save_shard(tensors: dict[str, np.ndarray], path: Path) -> None:
+    if any(t.dtype == np.dtype("bfloat16") for t in tensors.values()):
+        import jax.numpy as jnp
+        from safetensors.flax import save_file
+
+        save_file({k: jnp.asarray(v) for k, v in tensors.items()}, str(path), metadata={"format": "pt"})
+    else:
+        from safetensors.numpy import save_file
+
+        save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def export_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
+    """Writes `directory` with config.json, model.safetensors (or shards + index) and the tokenizer."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    config = config_to_hf(model.config)
+    config["dtype"] = str(np.dtype(model.dtype))
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    # Shards are written as soon as they fill, so export never holds more than one shard on the host.
+    written: list[tuple[Path, list[str], int]] = []
+    shard: dict[str, np.ndarray] = {}
+
+    def flush():
+        path = out / f"shard-{len(written):05d}.tmp"
+        _save_shard(shard, path)
+        written.append((path, list(shard), sum(t.nbytes for t in shard.values())))
+        shard.clear()
+
+    for key, tensor in hf_tensors(model):
+        if shard and sum(t.nbytes for t in shard.values()) + tensor.nbytes > max_shard_bytes:
+            flush()
+        shard[key] = tensor
+    flush()
+    if len(written) == 1:
+        written[0][0].replace(out / "model.safetensors")
+    else:
+        weight_map = {}
+        for n, (path, keys, _) in enumerate(written, 1):
+            name = f"model-{n:05d}-of-{len(written):05d}.safetensors"
+            path.replace(out / name)
+            weight_map.update({k: name for k in keys})
+        total = sum(nbytes for _, _, nbytes in written)
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    if model.tokenizer is not None:
+        model.tokenizer.save_pretrained(str(out))
+    return out

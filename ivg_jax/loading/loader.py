@@ -1,0 +1,172 @@
+"""`load_model`: HF directory, hub id or GGUF file -> `Model`, streamed tensor by tensor.
+
+Order of work: read the config, build the abstract model, check that every tensor the table needs is present
+with the right shape (headers only), and only then read weights. Each of our parameters is assembled in one
+host buffer of the target dtype (stacking layers/experts) and placed on its device sharding before the next
+one is read, so the host never holds two copies of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ivg_jax.config import ModelConfig, config_from_gguf, config_from_hf
+from ivg_jax.errors import CheckpointError
+from ivg_jax.loading.gguf_source import GGUFSource
+from ivg_jax.loading.layout import IGNORABLE_SUFFIXES, Rule, rules_for
+from ivg_jax.loading.safetensors_source import PICKLE_SUFFIXES, SafetensorsSource, refuse_pickle
+from ivg_jax.model.api import Model, abstract_model
+from ivg_jax.sharding import DEFAULT_RULES, named_sharding, param_logical_axes
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def _resolve_dtype(dtype) -> Any:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        return DTYPES[dtype]
+    return dtype
+
+
+def _set_path(tree: dict, path: tuple[str, ...], value) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def check_checkpoint(cfg: ModelConfig, source, rules: list[Rule], abstract: dict, where: str) -> None:
+    """Every needed key present with the shape the config implies; no unexplained extra tensors."""
+    needed = set()
+    for rule in rules:
+        full = abstract[rule.path].shape
+        slice_shape = tuple(full[rule.n_stacked():])
+        want = rule.hf_shape(slice_shape)
+        for _, key in rule.keys(cfg.n_layers, cfg.n_experts):
+            needed.add(key)
+            if key not in source:
+                raise CheckpointError(
+                    f"{where}: tensor {key!r} is missing (needed for {'/'.join(rule.path)}). The checkpoint is "
+                    "incomplete or does not match config.json; download it again or fix the config.")
+            got = source.shape(key)
+            if got != want:
+                raise CheckpointError(
+                    f"{where}: tensor {key!r} has shape {list(got)} but config.json implies {list(want)}; the "
+                    "config does not belong to these weights (check hidden size, heads, layers, vocab).")
+    extra = [k for k in source.keys() if k not in needed and not k.endswith(IGNORABLE_SUFFIXES)
+             and not (k == "lm_head.weight" and cfg.tie_embeddings)]
+    if extra:
+        raise CheckpointError(
+            f"{where}: {len(extra)} tensors are not used by a {cfg.family} model with this config, e.g. "
+            f"{extra[:3]}; the config does not match the weights (layer count, MoE experts, head type).")
+
+
+def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
+                 where: str = "checkpoint", progress: bool = False) -> tuple[Any, dict]:
+    """(graphdef, params) with every tensor of `source` mapped, converted, stacked and placed."""
+    graphdef, abstract_state = abstract_model(cfg, dtype)
+    abstract = {tuple(p): v for p, v in abstract_state.flat_state()}
+    table = rules_for(cfg, checkpoint_keys=lambda k: k in source)
+    by_path = {r.path: r for r in table}
+    missing = set(abstract) - set(by_path)
+    if missing:
+        raise AssertionError(f"layout table lacks rules for {sorted(missing)}")
+    check_checkpoint(cfg, source, table, abstract, where)
+    axes = param_logical_axes(abstract_state)
+    np_dtype = np.dtype(dtype)
+    params: dict = {}
+    for rule in tqdm(table, desc=f"loading {Path(where).name}", disable=not progress, leave=False):
+        shape = tuple(abstract[rule.path].shape)
+        buffer = np.empty(shape, np_dtype)
+        slice_shape = shape[rule.n_stacked():]
+        for index, key in rule.keys(cfg.n_layers, cfg.n_experts):
+            buffer[index] = rule.to_ours(source.get(key), slice_shape).astype(np_dtype)
+        if mesh is not None:
+            placed = jax.device_put(buffer, named_sharding(axes[rule.path], shape, mesh, rules))
+        else:
+            placed = jax.device_put(buffer)
+        del buffer
+        _set_path(params, rule.path, placed)
+    return graphdef, params
+
+
+def _load_tokenizer(directory: Path, gguf_file: str | None = None):
+    from transformers import AutoTokenizer
+
+    if gguf_file is None and not any((directory / f).exists() for f in (
+            "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
+        return None
+    # trust_remote_code stays False: checkpoints are data, never code.
+    return AutoTokenizer.from_pretrained(str(directory), gguf_file=gguf_file, trust_remote_code=False)
+
+
+def _is_hub_id(path: str) -> bool:
+    return not os.path.exists(path) and path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
+def _download(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    # Only safetensors weights, configs and tokenizer files: never pickles or Python files.
+    return Path(snapshot_download(repo_id, allow_patterns=[
+        "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]))
+
+
+def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=DEFAULT_RULES,
+               tokenizer: bool = True, progress: bool = False) -> Model:
+    """Loads a model for ivg-jax.
+
+    `path_or_id`: a HF checkpoint directory (config.json + safetensors, sharded or not), a `.gguf` file, or a
+    hub id (downloaded when the hub is reachable). `dtype`: "float32" (default) or "bfloat16".
+    `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read.
+    """
+    dtype = _resolve_dtype(dtype)
+    text = str(path_or_id)
+    if _is_hub_id(text):
+        path = _download(text)
+    else:
+        path = Path(text).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; pass a checkpoint directory, a .gguf file or a "
+                              "hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return _load_gguf(path, dtype, mesh, rules, tokenizer, progress)
+        if path.suffix in PICKLE_SUFFIXES:
+            refuse_pickle(path)
+        if path.suffix == ".safetensors":
+            path = path.parent
+        else:
+            raise CheckpointError(f"{path}: unknown checkpoint file type; pass a HF directory or a .gguf file")
+    config_file = path / "config.json"
+    if not config_file.exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return _load_gguf(ggufs[0], dtype, mesh, rules, tokenizer, progress)
+        raise CheckpointError(f"{path}: no config.json; a HF checkpoint directory needs one (save_pretrained "
+                              "writes it)")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file}: invalid JSON ({e})") from e
+    cfg = config_from_hf(hf_config, str(config_file))
+    source = SafetensorsSource(path)
+    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
+    tok = _load_tokenizer(path) if tokenizer else None
+    return Model(cfg, graphdef, params, tok, source=str(path))
+
+
+def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
+    source = GGUFSource(path)
+    cfg = config_from_gguf(source.metadata, str(path), tied=source.tied)
+    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
+    tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
+    return Model(cfg, graphdef, params, tok, source=str(path))

@@ -1,0 +1,71 @@
+"""The `Model` handle users hold, and the plain batched forward."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ivg_jax.config import ModelConfig
+from ivg_jax.errors import InputError
+from ivg_jax.model.transformer import Transformer, full_forward
+
+
+@dataclasses.dataclass
+class Model:
+    """A loaded model: static architecture (`config`, `graphdef`), weights as a plain pytree, its tokenizer.
+
+    `params` is a nested dict of arrays (what crosses the jit boundary); `nnx.merge(graphdef, params)` gives
+    the `Transformer` module back.
+    """
+
+    config: ModelConfig
+    graphdef: Any
+    params: dict
+    tokenizer: Any = None
+    source: str = ""
+
+    @property
+    def dtype(self):
+        return jax.tree.leaves(self.params)[0].dtype
+
+    def module(self) -> Transformer:
+        return nnx.merge(self.graphdef, self.params)
+
+    def with_params(self, params: dict) -> Model:
+        return dataclasses.replace(self, params=params)
+
+
+def abstract_model(cfg: ModelConfig, dtype=jnp.float32):
+    """(graphdef, abstract state) without allocating weights."""
+    return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, dtype, rngs=nnx.Rngs(0))))
+
+
+def init_model(cfg: ModelConfig, seed: int = 0, dtype=jnp.float32, tokenizer=None) -> Model:
+    """A randomly initialised model (normal(0.02) weights, unit norms): for new heads and tests."""
+    graphdef, state = nnx.split(Transformer(cfg, dtype, rngs=nnx.Rngs(seed)))
+    return Model(cfg, graphdef, state.to_pure_dict(), tokenizer, source="random-init")
+
+
+def forward(model: Model, input_ids, attention_mask=None) -> jax.Array:
+    """Head output of a padded batch: float32 `[batch, time, vocab]` logits (values for a value head,
+    `[batch, time]` for a scalar head). Padding may be on either side; padded positions hold garbage."""
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2:
+        raise InputError(f"input_ids must be [batch, time]; got shape {ids.shape}")
+    mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask.shape != ids.shape:
+        raise InputError(f"attention_mask shape {mask.shape} differs from input_ids shape {ids.shape}")
+    longest = int(mask.sum(1).max(initial=0))
+    cfg = model.config
+    if cfg.positions == "learned" and longest > cfg.max_positions:
+        raise InputError(
+            f"a row has {longest} tokens but {cfg.family} has {cfg.max_positions} learned positions; "
+            "truncate the input")
+    if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
+        raise InputError(f"token ids must lie in [0, {cfg.vocab_size}); got range [{ids.min()}, {ids.max()}]")
+    return full_forward(model.graphdef, model.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))

@@ -1,0 +1,253 @@
+"""Transformer building blocks as Flax NNX modules.
+
+Weights are `nnx.Param`s whose `axes` metadata names their logical axes (see `ivg_jax.sharding`); einsum
+letters follow the glossary: B batch, T query length, S cache length, N query heads, K kv heads, G heads per
+kv group, H head dim, D model dim, F ffw dim, V vocab, E experts.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ivg_jax.config import ModelConfig
+
+# Finite, so rows with no visible key (padding queries) give a uniform softmax instead of NaN.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _param(rngs: nnx.Rngs, shape, dtype, axes, scale: float = 0.02, init: str = "normal") -> nnx.Param:
+    if init == "ones":
+        value = jnp.ones(shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    else:
+        value = (scale * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+    return nnx.Param(value, axes=axes)
+
+
+class Norm(nnx.Module):
+    """RMSNorm (Llama family) or LayerNorm (GPT-2), computed in float32 like the HF references."""
+
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        self.kind = cfg.norm
+        self.eps = cfg.norm_eps
+        self.scale = _param(rngs, (cfg.d_model,), dtype, ("norm",), init="ones")
+        if cfg.norm == "layer":
+            self.bias = _param(rngs, (cfg.d_model,), dtype, ("norm",), init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        if self.kind == "rms":
+            y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            return self.scale[...] * y.astype(x.dtype)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
+    """[H/2] float32 inverse frequencies, with linear or Llama-3 rescaling applied (as transformers does)."""
+    h = cfg.head_dim
+    inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, h, 2, dtype=np.float32) / np.float32(h))))
+    inv = inv.astype(np.float32)
+    s = cfg.rope_scaling
+    if s is None:
+        return inv
+    if s.kind == "linear":
+        return (inv / np.float32(s.factor)).astype(np.float32)
+    low_wavelen = s.original_max_positions / s.low_freq_factor
+    high_wavelen = s.original_max_positions / s.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+    smooth = (s.original_max_positions / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotates halves (HF's rotate_half layout). x: [B, T, heads, H]; positions: [B, T]."""
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, H/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def visible(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
+    """[B, T, S] which keys each query sees: a real key, not in the future, inside the sliding window."""
+    q = q_pos[:, :, None]
+    k = k_pos[:, None, :]
+    ok = (k >= 0) & (k <= q)
+    if window is not None:
+        ok &= (q - k) < window
+    return ok
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.cfg = cfg
+        self.q = _param(rngs, (d, n, h), dtype, ("embed", "q_heads", "head_dim"))
+        self.k = _param(rngs, (d, k, h), dtype, ("embed", "kv_heads", "head_dim"))
+        self.v = _param(rngs, (d, k, h), dtype, ("embed", "kv_heads", "head_dim"))
+        self.o = _param(rngs, (n, h, d), dtype, ("q_heads", "head_dim", "embed"))
+        if cfg.attn_bias:
+            self.q_bias = _param(rngs, (n, h), dtype, ("q_heads", "head_dim"), init="zeros")
+            self.k_bias = _param(rngs, (k, h), dtype, ("kv_heads", "head_dim"), init="zeros")
+            self.v_bias = _param(rngs, (k, h), dtype, ("kv_heads", "head_dim"), init="zeros")
+        if cfg.attn_out_bias:
+            self.o_bias = _param(rngs, (d,), dtype, ("embed",), init="zeros")
+
+    def project(self, x: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (rotary already applied)."""
+        q = jnp.einsum("btd,dnh->btnh", x, self.q[...])
+        k = jnp.einsum("btd,dkh->btkh", x, self.k[...])
+        v = jnp.einsum("btd,dkh->btkh", x, self.v[...])
+        if self.cfg.attn_bias:
+            q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        if self.cfg.positions == "rope":
+            q = apply_rope(q, positions, inv_freq)
+            k = apply_rope(k, positions, inv_freq)
+        return q, k, v
+
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
+        """Attends the T new tokens to the cached slots and to each other.
+
+        x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, S, K, H] or None; cache_pos: [B, S].
+        Returns the block output [B, T, D] and the new k, v [B, T, K, H] for the caller to write.
+        The cache is read in place, never concatenated with the new keys: scores are joined instead.
+        """
+        cfg = self.cfg
+        b, t, _ = x.shape
+        g = cfg.n_heads // cfg.n_kv_heads
+        q, k, v = self.project(x, positions, inv_freq)
+        q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
+        scores = jnp.einsum("btkgh,bskh->bkgts", q, k)
+        mask = visible(positions, positions, cfg.sliding_window)
+        if cache_k is not None:
+            cached = jnp.einsum("btkgh,bskh->bkgts", q, cache_k)
+            scores = jnp.concatenate([cached, scores], axis=-1)
+            mask = jnp.concatenate([visible(positions, cache_pos, cfg.sliding_window), mask], axis=-1)
+        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
+        if cache_k is not None:
+            s = cache_k.shape[1]
+            out = jnp.einsum("bkgts,bskh->btkgh", probs[..., :s], cache_v)
+            out = out + jnp.einsum("bkgts,bskh->btkgh", probs[..., s:], v)
+        else:
+            out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+        out = out.reshape(b, t, cfg.n_heads, cfg.head_dim)
+        y = jnp.einsum("btnh,nhd->btd", out, self.o[...])
+        if cfg.attn_out_bias:
+            y = y + self.o_bias[...]
+        return y, k, v
+
+
+_ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str):
+    from ivg_jax.errors import UnsupportedError
+
+    if name not in _ACTIVATIONS:
+        raise UnsupportedError(f"activation {name!r} is not supported; supported: {sorted(_ACTIVATIONS)}")
+    return _ACTIVATIONS[name]
+
+
+class MLP(nnx.Module):
+    """SwiGLU (Llama family) or a two-layer GELU MLP with biases (GPT-2)."""
+
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        d, f = cfg.d_model, cfg.d_ff
+        self.cfg = cfg
+        if cfg.mlp == "swiglu":
+            self.gate = _param(rngs, (d, f), dtype, ("embed", "mlp"))
+        self.up = _param(rngs, (d, f), dtype, ("embed", "mlp"))
+        self.down = _param(rngs, (f, d), dtype, ("mlp", "embed"))
+        if cfg.mlp_bias:
+            if cfg.mlp == "swiglu":
+                self.gate_bias = _param(rngs, (f,), dtype, ("mlp",), init="zeros")
+            self.up_bias = _param(rngs, (f,), dtype, ("mlp",), init="zeros")
+            self.down_bias = _param(rngs, (d,), dtype, ("embed",), init="zeros")
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = activation(self.cfg.activation)
+        up = x @ self.up[...]
+        if self.cfg.mlp_bias:
+            up = up + self.up_bias[...]
+        if self.cfg.mlp == "swiglu":
+            gate = x @ self.gate[...]
+            if self.cfg.mlp_bias:
+                gate = gate + self.gate_bias[...]
+            h = act(gate) * up
+        else:
+            h = act(up)
+        y = h @ self.down[...]
+        if self.cfg.mlp_bias:
+            y = y + self.down_bias[...]
+        return y
+
+
+class MoE(nnx.Module):
+    """Sparse mixture of SwiGLU experts with top-k routing (Mixtral): softmax over all router logits in float32,
+    keep the top k, renormalise them to sum to one.
+
+    Every expert is evaluated densely and unselected ones get weight 0: exact, and fine for guide-sized models
+    and decode batches where every expert's weights are read anyway; a grouped (ragged) matmul would cut the
+    prefill FLOPs of large MoE bases by E/k.
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        d, f, e = cfg.d_model, cfg.d_ff, cfg.n_experts
+        self.cfg = cfg
+        self.router = _param(rngs, (d, e), dtype, ("embed", "experts"))
+        self.gate = _param(rngs, (e, d, f), dtype, ("experts", "embed", "mlp"))
+        self.up = _param(rngs, (e, d, f), dtype, ("experts", "embed", "mlp"))
+        self.down = _param(rngs, (e, f, d), dtype, ("experts", "mlp", "embed"))
+
+    def routing_weights(self, x: jax.Array) -> jax.Array:
+        """[B, T, E] float32: renormalised top-k softmax weights, zero for unselected experts."""
+        logits = (x @ self.router[...]).astype(jnp.float32)
+        probs = jax.nn.softmax(logits, axis=-1)
+        top, idx = jax.lax.top_k(probs, self.cfg.experts_per_token)
+        top = top / jnp.sum(top, axis=-1, keepdims=True)
+        onehot = jax.nn.one_hot(idx, self.cfg.n_experts, dtype=jnp.float32)  # [B, T, k, E]
+        return jnp.einsum("btk,btke->bte", top, onehot)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        weights = self.routing_weights(x).astype(x.dtype)
+        h = jax.nn.silu(jnp.einsum("btd,edf->btef", x, self.gate[...])) * jnp.einsum("btd,edf->btef", x,
+                                                                                      self.up[...])
+        h = h * weights[..., None]
+        return jnp.einsum("btef,efd->btd", h, self.down[...])
+
+
+class Block(nnx.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
+
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+        self.attn_norm = Norm(cfg, dtype, rngs=rngs)
+        self.attn = Attention(cfg, dtype, rngs=rngs)
+        self.mlp_norm = Norm(cfg, dtype, rngs=rngs)
+        self.mlp = MoE(cfg, dtype, rngs=rngs) if cfg.is_moe else MLP(cfg, dtype, rngs=rngs)
+
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
+        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos)
+        x = x + y
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, k, v

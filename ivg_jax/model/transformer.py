@@ -1,0 +1,131 @@
+"""The decoder-only transformer (every family) and its pure prefill / extend functions.
+
+The NNX module is split once (`graphdef`, plain `params` dict); the jitted functions take the plain dict and
+merge inside the trace, so no NNX object crosses the jit boundary at run time.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ivg_jax.config import ModelConfig
+from ivg_jax.model.cache import KVCache
+from ivg_jax.model.layers import Block, Norm, _param, rope_inverse_frequencies
+
+
+class Transformer(nnx.Module):
+    """Embedding, `n_layers` blocks stacked on a leading `layers` axis (run by `lax.scan`), final norm, head.
+
+    Head outputs: "lm" logits [B, T, V]; "value" token values S_t [B, T, V] (spec §1); "scalar" [B, T].
+    """
+
+    def __init__(self, cfg: ModelConfig, dtype=jnp.float32, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), dtype, ("vocab", "embed"))
+        if cfg.positions == "learned":
+            self.pos_embed = _param(rngs, (cfg.max_positions, cfg.d_model), dtype, (None, "embed"), scale=0.01)
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs):
+            return Block(cfg, dtype, rngs=rngs)
+
+        self.blocks = make_blocks(rngs)
+        self.final_norm = Norm(cfg, dtype, rngs=rngs)
+        if cfg.head == "lm" and not cfg.tie_embeddings:
+            self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), dtype, ("embed", "vocab"))
+        elif cfg.head == "value":
+            self.value_head = _param(rngs, (cfg.d_model, cfg.vocab_size), dtype, ("embed", "vocab"))
+        elif cfg.head == "scalar":
+            self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
+
+    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None):
+        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, T, K, H]."""
+        cfg = self.cfg
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        if cfg.positions == "learned":
+            x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
+        inv_freq = jnp.asarray(rope_inverse_frequencies(cfg)) if cfg.positions == "rope" else None
+        graphdef, block_params = nnx.split(self.blocks)
+
+        def layer(x, scanned):
+            params, cache_k, cache_v = scanned
+            block = nnx.merge(graphdef, params)
+            x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
+            return x, (k, v)
+
+        scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
+        x, (k, v) = jax.lax.scan(layer, x, scanned)
+        return self.final_norm(x), k, v
+
+    def head(self, h: jax.Array) -> jax.Array:
+        """h: [B, T, D] -> float32 head output ([B, T, V] or [B, T] for the scalar head)."""
+        cfg = self.cfg
+        if cfg.head == "scalar":
+            return jnp.einsum("btd,d->bt", h, self.score_head[...]).astype(jnp.float32)
+        if cfg.head == "value":
+            w = self.value_head[...]
+        elif cfg.tie_embeddings:
+            w = self.embed[...].T
+        else:
+            w = self.lm_head[...]
+        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, positions, cache: KVCache | None = None):
+        h, k, v = self.hidden(tokens, positions, cache)
+        return self.head(h), k, v
+
+
+def positions_from_mask(mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+    """[B, T] per-row positions of the valid tokens (counting from `start` [B] or scalar), -1 for padding.
+
+    Works for left, right or interior padding: a row's valid tokens get consecutive positions in slot order.
+    """
+    mask = mask.astype(bool)
+    pos = jnp.cumsum(mask, axis=1, dtype=jnp.int32) - 1 + jnp.asarray(start, jnp.int32).reshape(-1, 1)
+    return jnp.where(mask, pos, -1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity"))
+def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int):
+    """Runs padded prompts into a fresh cache of `capacity` slots.
+
+    tokens, mask: [B, T] -> (head output [B, T, ...] float32, KVCache with index T).
+    """
+    model = nnx.merge(graphdef, params)
+    cfg = model.cfg
+    positions = positions_from_mask(mask)
+    out, k, v = model(tokens, positions)
+    cache = KVCache.zeros(cfg.n_layers, tokens.shape[0], capacity, cfg.n_kv_heads, cfg.head_dim, k.dtype)
+    return out, cache.write(k, v, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache):
+    """Appends T tokens per row (T=1 is a decode step) and returns their outputs and the updated cache.
+
+    tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see.
+    """
+    model = nnx.merge(graphdef, params)
+    positions = positions_from_mask(mask, cache.next_positions())
+    out, k, v = model(tokens, positions, cache)
+    return out, cache.write(k, v, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def step(graphdef, params, tokens: jax.Array, cache: KVCache):
+    """One decode step: tokens [B] -> (head output [B, ...] float32, cache)."""
+    out, cache = extend(graphdef, params, tokens[:, None], jnp.ones_like(tokens[:, None], bool), cache)
+    return out[:, 0], cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def full_forward(graphdef, params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """Head output of a padded batch without a cache: tokens, mask [B, T] -> [B, T, ...] float32."""
+    model = nnx.merge(graphdef, params)
+    out, _, _ = model(tokens, positions_from_mask(mask))
+    return out

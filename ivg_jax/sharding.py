@@ -1,0 +1,88 @@
+"""Logical axis names -> mesh axes, in one small table.
+
+Weights carry logical axes (`nnx.Param(..., axes=...)`); a mesh has a "data" and a "model" axis. A mesh axis
+is dropped for a dimension it does not divide (batch 1 on 8 devices, 3 KV heads on 2 devices) or when an
+earlier dimension of the same array already uses it, so every model loads on any mesh.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+# (logical axis, mesh axis or None): prompts over data; weights, KV heads and vocab over model.
+DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("q_heads", "model"),
+    ("kv_heads", "model"),
+    ("mlp", "model"),
+    ("experts", None),
+    ("embed", None),
+    ("layers", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("cache_seq", None),
+)
+
+
+def make_mesh(data: int = 1, model: int = 1, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "model") mesh over the first data*model devices."""
+    devices = list(devices if devices is not None else jax.devices())
+    need = data * model
+    if need > len(devices):
+        raise ValueError(f"mesh {data}x{model} needs {need} devices, only {len(devices)} are visible")
+    return Mesh(np.array(devices[:need]).reshape(data, model), ("data", "model"))
+
+
+def partition_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
+                   rules: Sequence[tuple[str, str | None]] = DEFAULT_RULES) -> PartitionSpec:
+    table = dict(rules)
+    used: set[str] = set()
+    spec: list[str | None] = []
+    for name, dim in zip(axes, shape):
+        mesh_axis = table.get(name) if name is not None else None
+        if mesh_axis is None or mesh_axis in used or dim % mesh.shape[mesh_axis] != 0:
+            spec.append(None)
+            continue
+        used.add(mesh_axis)
+        spec.append(mesh_axis)
+    return PartitionSpec(*spec)
+
+
+def named_sharding(axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
+    return NamedSharding(mesh, partition_spec(axes, shape, mesh, rules))
+
+
+def param_logical_axes(abstract_state) -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    """Flat path -> logical axes of every parameter; stacked block weights gain a leading "layers" axis."""
+    out = {}
+    for path, var in abstract_state.flat_state():
+        axes = tuple(var.axes)
+        if len(axes) == len(var.shape) - 1 and path[0] == "blocks":
+            axes = ("layers",) + axes
+        if len(axes) != len(var.shape):
+            raise AssertionError(f"parameter {'/'.join(map(str, path))} has axes {axes} for shape {var.shape}")
+        out[tuple(path)] = axes
+    return out
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def describe(tree: Any) -> str:
+    """One line per leaf: shape and sharding spec (for logs and tests)."""
+    lines = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        spec = getattr(getattr(leaf, "sharding", None), "spec", None)
+        lines.append(f"{jax.tree_util.keystr(path)} {tuple(leaf.shape)} {spec}")
+    return "\n".join(lines)
+
+
+def bytes_of(tree: Any) -> int:
+    return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))

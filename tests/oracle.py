@@ -1,0 +1,75 @@
+"""Tiny random transformers (PyTorch) models saved to disk: the independent oracle of the parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+VOCAB = 97
+
+# name -> (HF class names, config kwargs). Each covers an option the proof asks for.
+FAMILIES = {
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel",
+             dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB, bos_token_id=0,
+                  eos_token_id=1)),
+    "gpt2-untied": ("GPT2Config", "GPT2LMHeadModel",
+                    dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB, tie_word_embeddings=False,
+                         bos_token_id=0, eos_token_id=1)),
+    "llama-gqa-tied": ("LlamaConfig", "LlamaForCausalLM",
+                       dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True)),
+    "llama-mqa-bias": ("LlamaConfig", "LlamaForCausalLM",
+                       dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=1, vocab_size=VOCAB, attention_bias=True, mlp_bias=True)),
+    "llama3-rope-scaling": ("LlamaConfig", "LlamaForCausalLM",
+                            dict(hidden_size=64, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                 num_key_value_heads=2, vocab_size=VOCAB, rope_theta=500000.0,
+                                 rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8})),
+    "mistral-window": ("MistralConfig", "MistralForCausalLM",
+                       dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, vocab_size=VOCAB, sliding_window=4)),
+    "mixtral-4experts": ("MixtralConfig", "MixtralForCausalLM",
+                         dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=VOCAB, num_local_experts=4, num_experts_per_tok=2,
+                              sliding_window=None)),
+}
+
+
+def make_hf_model(name: str, directory, seed: int = 0):
+    """Saves a random-init model of family `name` to `directory` and returns the torch model (eval, fp32)."""
+    config_cls, model_cls, kwargs = FAMILIES[name]
+    torch.manual_seed(seed)
+    config = getattr(transformers, config_cls)(**kwargs)
+    model = getattr(transformers, model_cls)(config).eval()
+    # Random init leaves norms at 1 and biases at 0; perturb them so the test sees them.
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(directory)
+    return model
+
+
+def hf_logits(model, ids: list[int]) -> np.ndarray:
+    """Logits [T, V] of one unpadded sequence."""
+    with torch.no_grad():
+        out = model(torch.tensor([ids]))
+    return out.logits[0].float().numpy()
+
+
+def pad_batch(rows: list[list[int]], side: str, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        sl = slice(width - len(r), width) if side == "left" else slice(0, len(r))
+        ids[i, sl] = r
+        mask[i, sl] = True
+    return ids, mask
+
+
+def random_rows(lengths, seed: int = 0, vocab: int = VOCAB) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(2, vocab, size=n).tolist() for n in lengths]
