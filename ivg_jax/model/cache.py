@@ -16,33 +16,34 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    k: jax.Array  # [layers, B, S, K, H]
-    v: jax.Array  # [layers, B, S, K, H]
+    # [layers, B, K, S, H]: (batch, kv head) lead, so both attention dots read the cache in place
+    k: jax.Array
+    v: jax.Array
     pos: jax.Array  # [B, S] int32 position of the token held in each slot; -1 = empty or padding
     index: jax.Array  # [] int32 next slot to write, shared by all rows
 
     @classmethod
     def zeros(cls, n_layers: int, batch: int, capacity: int, n_kv_heads: int, head_dim: int, dtype) -> KVCache:
-        shape = (n_layers, batch, capacity, n_kv_heads, head_dim)
+        shape = (n_layers, batch, n_kv_heads, capacity, head_dim)
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     def next_positions(self) -> jax.Array:
         """[B] the position the next token of each row takes (its number of tokens so far)."""
         return jnp.max(self.pos, axis=1) + 1
 
     def write(self, k: jax.Array, v: jax.Array, pos: jax.Array) -> KVCache:
-        """Appends T slots for every row. k, v: [layers, B, T, K, H]; pos: [B, T] (-1 for padding)."""
+        """Appends T slots for every row. k, v: [layers, B, K, T, H]; pos: [B, T] (-1 for padding)."""
         i = self.index
         return KVCache(
-            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), (0, 0, i, 0, 0)),
-            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), (0, 0, i, 0, 0)),
+            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), (0, 0, 0, i, 0)),
+            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), (0, 0, 0, i, 0)),
             pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
-            index=i + k.shape[2],
+            index=i + k.shape[3],
         )
 
     def take(self, rows: jax.Array) -> KVCache:

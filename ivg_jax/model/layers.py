@@ -90,6 +90,11 @@ def visible(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array
     return ok
 
 
+def _dense_heads(x: jax.Array, w: jax.Array) -> jax.Array:
+    """x [B, T, D] @ w [D, heads, H] -> [B, T, heads, H]."""
+    return (x @ w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
         d, n, k, h = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
@@ -107,9 +112,8 @@ class Attention(nnx.Module):
 
     def project(self, x: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (rotary already applied)."""
-        q = jnp.einsum("btd,dnh->btnh", x, self.q[...])
-        k = jnp.einsum("btd,dkh->btkh", x, self.k[...])
-        v = jnp.einsum("btd,dkh->btkh", x, self.v[...])
+        # Plain 2-D matmuls on the flattened head axes: XLA:CPU would otherwise copy weights into a new layout.
+        q, k, v = (_dense_heads(x, w[...]) for w in (self.q, self.k, self.v))
         if self.cfg.attn_bias:
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
         if self.cfg.positions == "rope":
@@ -120,8 +124,8 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
         """Attends the T new tokens to the cached slots and to each other.
 
-        x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, S, K, H] or None; cache_pos: [B, S].
-        Returns the block output [B, T, D] and the new k, v [B, T, K, H] for the caller to write.
+        x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, K, S, H] or None; cache_pos: [B, S].
+        Returns the block output [B, T, D] and the new k, v [B, K, T, H] for the caller to write.
         The cache is read in place, never concatenated with the new keys: scores are joined instead.
         """
         cfg = self.cfg
@@ -132,22 +136,23 @@ class Attention(nnx.Module):
         scores = jnp.einsum("btkgh,bskh->bkgts", q, k)
         mask = visible(positions, positions, cfg.sliding_window)
         if cache_k is not None:
-            cached = jnp.einsum("btkgh,bskh->bkgts", q, cache_k)
+            cached = jnp.einsum("btkgh,bksh->bkgts", q, cache_k)
             scores = jnp.concatenate([cached, scores], axis=-1)
             mask = jnp.concatenate([visible(positions, cache_pos, cfg.sliding_window), mask], axis=-1)
         scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         if cache_k is not None:
-            s = cache_k.shape[1]
-            out = jnp.einsum("bkgts,bskh->btkgh", probs[..., :s], cache_v)
+            s = cache_k.shape[2]
+            out = jnp.einsum("bkgts,bksh->btkgh", probs[..., :s], cache_v)
             out = out + jnp.einsum("bkgts,bskh->btkgh", probs[..., s:], v)
         else:
             out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
         out = out.reshape(b, t, cfg.n_heads, cfg.head_dim)
-        y = jnp.einsum("btnh,nhd->btd", out, self.o[...])
+        o = self.o[...]
+        y = out.reshape(b, t, -1) @ o.reshape(-1, o.shape[-1])
         if cfg.attn_out_bias:
             y = y + self.o_bias[...]
-        return y, k, v
+        return y, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
 _ACTIVATIONS = {

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ivg_jax.config import ModelConfig
+from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.layers import Block, Norm, _param, rope_inverse_frequencies
 
@@ -44,7 +45,7 @@ class Transformer(nnx.Module):
             self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None):
-        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, T, K, H]."""
+        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, K, T, H]."""
         cfg = self.cfg
         x = jnp.take(self.embed[...], tokens, axis=0)
         if cfg.positions == "learned":
@@ -90,16 +91,28 @@ def positions_from_mask(mask: jax.Array, start: jax.Array | int = 0) -> jax.Arra
     return jnp.where(mask, pos, -1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity"))
-def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int):
+def last_valid(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """x [B, T, ...] at each row's last valid column (left or right padding) -> [B, ...]."""
+    idx = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
+    return jnp.take_along_axis(x, idx.reshape(-1, *([1] * (x.ndim - 1))), axis=1)[:, 0]
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only"))
+def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int, last_only: bool = False):
     """Runs padded prompts into a fresh cache of `capacity` slots.
 
-    tokens, mask: [B, T] -> (head output [B, T, ...] float32, KVCache with index T).
+    tokens, mask: [B, T] -> (head output float32 [B, T, ...], or [B, ...] at each row's last prompt token when
+    `last_only`, which skips the vocab projection of every other position; KVCache with index T).
     """
+    if tokens.shape[1] > capacity:
+        raise InputError(
+            f"prompt batch is {tokens.shape[1]} tokens long but the cache holds {capacity}; raise capacity "
+            "(prompt length + new tokens) or shorten the prompts")
     model = nnx.merge(graphdef, params)
     cfg = model.cfg
     positions = positions_from_mask(mask)
-    out, k, v = model(tokens, positions)
+    h, k, v = model.hidden(tokens, positions)
+    out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
     cache = KVCache.zeros(cfg.n_layers, tokens.shape[0], capacity, cfg.n_kv_heads, cfg.head_dim, k.dtype)
     return out, cache.write(k, v, positions)
 
