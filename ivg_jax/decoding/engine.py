@@ -1,0 +1,353 @@
+"""The IVG decoding engine: the base and every guide in one compiled program (spec §2-§3).
+
+Rows are prompts × W beams × K candidates, row r = p·W·K + slot. One jitted function does everything:
+prefill each model once per prompt with its own template and broadcast its cache to the W·K rows; then a
+`lax.while_loop` over chunks, each a `lax.scan` over L token steps followed (between chunks) by a per-prompt
+top-W over the W·K rows and one gather that reorders every model's cache, the tokens and the scores. No host
+round trip until the result.
+
+One token step: every model's next-token output is already in the state; the guided log-probabilities are
+the base's plus the token-level value (Σ wᵢ(log π_tunedᵢ − log π_refᵢ) or w·S); sample; the chunk scores are
+updated from the same numbers (implicit: the sampled token's weighted log-ratio; explicit: S at the sampled
+token); then every model is fed the token. Rows that finished are frozen: they emit padding, their scores
+stop changing, and their tiled copies are marked duplicates that selection never picks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ivg_jax.decoding.prompts import encode
+from ivg_jax.decoding.sampling import Sampling, filter_logits, sample, step_keys
+from ivg_jax.errors import InputError
+from ivg_jax.guidance import Guidance, Search, n_chunks, per_prompt_weights, validate
+from ivg_jax.model.api import Model
+from ivg_jax.model.cache import KVCache
+from ivg_jax.model.transformer import extend, prefill
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """Static structure of one compiled decode program (hashable: the jit cache key)."""
+
+    graphdefs: tuple  # base, (tuned_i, reference_i)*, value?
+    n_implicit: int
+    has_value: bool
+    token: str
+    chunk: str
+    beams: int
+    candidates: int
+    chunk_length: int
+    n_chunks: int
+    max_new_tokens: int
+    sampling: Sampling
+    pad_id: int
+
+    @property
+    def width(self) -> int:  # W·K rows per prompt
+        return self.beams * self.candidates
+
+    @property
+    def n_steps(self) -> int:
+        return self.n_chunks * self.chunk_length
+
+    def implicit_members(self) -> list[tuple[int, int]]:
+        return [(1 + 2 * i, 2 + 2 * i) for i in range(self.n_implicit)]
+
+    @property
+    def value_member(self) -> int:
+        return 1 + 2 * self.n_implicit
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class DecodeState:
+    tokens: jax.Array  # [R, N] int32 generated ids, pad after a row's end
+    caches: tuple  # one KVCache per model, rows R
+    outputs: tuple  # one [R, V] float32 per model: next-token logits (token values S for the value model)
+    implicit_score: jax.Array  # [R] Σ_t Σ_i w_i (log π_tuned_i − log π_ref_i)(y_t)
+    value: jax.Array  # [R] explicit value of the response so far, S at its last token
+    done: jax.Array  # [R] bool: sampled a stop token
+    duplicate: jax.Array  # [R] bool: a tiled copy of a finished hypothesis, never selected
+    lengths: jax.Array  # [R] int32 generated tokens, stop token included
+    log_ratio: jax.Array  # [R, N] per-token log p_guided(y) − log p_base(y) (tempered distributions)
+    kl: jax.Array  # [R, N] per-token KL(guided ‖ base) (tempered distributions)
+    keys: jax.Array  # [R] per-slot PRNG keys (stay with the slot, not the hypothesis)
+    step: jax.Array  # [] int32 tokens generated so far
+    chunk: jax.Array  # [] int32 chunks completed
+    work: jax.Array  # [] int32 active (row, step) pairs: each costs one forward token per model
+
+
+def _log_softmax(x):
+    return jax.nn.log_softmax(x.astype(jnp.float32), axis=-1)
+
+
+def _guided_logprobs(program: Program, outputs, w_implicit, w_explicit):
+    """[R, V] base log-probs + token-level value, and the [R, V] per-token weighted implicit log-ratio."""
+    base = _log_softmax(outputs[0])
+    ratio = None
+    if program.n_implicit:
+        ratio = sum(w_implicit[:, i, None] * (_log_softmax(outputs[t]) - _log_softmax(outputs[r]))
+                    for i, (t, r) in enumerate(program.implicit_members()))
+    guided = base
+    if program.token == "implicit":
+        guided = base + ratio
+    elif program.token == "explicit":
+        guided = base + w_explicit[:, None] * outputs[program.value_member]
+    return base, guided, ratio
+
+
+def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, state: DecodeState) -> DecodeState:
+    base, guided, ratio = _guided_logprobs(program, state.outputs, w_implicit, w_explicit)
+    token = sample(step_keys(state.keys, state.step), guided, program.sampling)
+    active = ~state.done & (state.step < program.max_new_tokens)
+    token = jnp.where(active, token, program.pad_id)
+
+    def at_token(x):
+        return jnp.take_along_axis(x, token[:, None], axis=1)[:, 0]
+
+    implicit_score = state.implicit_score
+    if program.chunk == "implicit":
+        implicit_score = implicit_score + jnp.where(active, at_token(ratio), 0.0)
+    value = state.value
+    if program.has_value:
+        value = jnp.where(active, at_token(state.outputs[program.value_member]), value)
+    temperature = program.sampling.temperature or 1.0
+    guided_t = _log_softmax(guided / temperature)
+    base_t = _log_softmax(base / temperature)
+    log_ratio = jnp.where(active, at_token(guided_t) - at_token(base_t), 0.0)
+    kl = jnp.where(active, jnp.sum(jnp.exp(guided_t) * (guided_t - base_t), axis=-1), 0.0)
+
+    outputs, caches = [], []
+    for graphdef, p, cache in zip(program.graphdefs, params, state.caches):
+        out, cache = extend(graphdef, p, token[:, None], active[:, None], cache)
+        outputs.append(out[:, 0])
+        caches.append(cache)
+    col = jnp.minimum(state.step, state.tokens.shape[1] - 1)
+    return dataclasses.replace(
+        state,
+        tokens=state.tokens.at[:, col].set(jnp.where(active, token, state.tokens[:, col])),
+        caches=tuple(caches),
+        outputs=tuple(jnp.where(active[:, None], o, old) for o, old in zip(outputs, state.outputs)),
+        implicit_score=implicit_score,
+        value=value,
+        done=state.done | (active & jnp.isin(token, stop_ids)),
+        lengths=state.lengths + active.astype(jnp.int32),
+        log_ratio=state.log_ratio.at[:, col].set(log_ratio),
+        kl=state.kl.at[:, col].set(kl),
+        step=state.step + 1,
+        work=state.work + jnp.sum(active, dtype=jnp.int32),
+    )
+
+
+def chunk_scores(program: Program, state: DecodeState) -> jax.Array:
+    """[R] the chunk-level value of each row's whole response so far; −inf for duplicates."""
+    if program.chunk == "implicit":
+        score = state.implicit_score
+    elif program.chunk == "explicit":
+        score = state.value
+    else:
+        score = jnp.zeros_like(state.value)
+    return jnp.where(state.duplicate, -jnp.inf, score)
+
+
+def _reorder(state: DecodeState, rows: jax.Array) -> DecodeState:
+    take = functools.partial(jnp.take, indices=rows, axis=0)
+    return dataclasses.replace(
+        state,
+        tokens=take(state.tokens), caches=tuple(c.take(rows) for c in state.caches),
+        outputs=tuple(take(o) for o in state.outputs), implicit_score=take(state.implicit_score),
+        value=take(state.value), done=take(state.done), duplicate=take(state.duplicate),
+        lengths=take(state.lengths), log_ratio=take(state.log_ratio), kl=take(state.kl))
+
+
+def _select(program: Program, state: DecodeState) -> DecodeState:
+    """Global top-W over each prompt's W·K rows (one parent may fill several slots), each survivor tiled K times;
+    copies 2..K of a finished survivor are duplicates."""
+    width, k = program.width, program.candidates
+    n_prompts = state.done.shape[0] // width
+    _, top = jax.lax.top_k(chunk_scores(program, state).reshape(n_prompts, width), program.beams)
+    parents = jnp.arange(n_prompts)[:, None] * width + top  # [P, W]
+    rows = jnp.repeat(parents, k, axis=1).reshape(-1)  # [R]
+    child = jnp.tile(jnp.arange(k), n_prompts * program.beams)
+    state = _reorder(state, rows)
+    return dataclasses.replace(state, duplicate=state.duplicate | (state.done & (child > 0)),
+                               chunk=state.chunk + 1)
+
+
+@functools.partial(jax.jit, static_argnames=("program",))
+def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_keys, stop_ids):
+    """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
+    w_explicit [P]; prompt_keys [P]. Returns the final `DecodeState` (rows R = P·W·K) and the best row per
+    prompt [P]."""
+    width = program.width
+    n_prompts = prompt_keys.shape[0]
+    rows = jnp.repeat(jnp.arange(n_prompts), width)
+    caches, outputs = [], []
+    for graphdef, p, ids, mask in zip(program.graphdefs, params, prompt_ids, prompt_masks):
+        out, cache = prefill(graphdef, p, ids, mask, capacity=ids.shape[1] + program.n_steps, last_only=True)
+        caches.append(cache.take(rows))  # prefill once per prompt, broadcast to its W·K rows
+        outputs.append(jnp.take(out, rows, axis=0))
+    slot = jnp.tile(jnp.arange(width), n_prompts)
+    keys = jax.vmap(jax.random.fold_in)(jnp.take(prompt_keys, rows), slot)
+    n_rows = n_prompts * width
+    zeros = jnp.zeros(n_rows, jnp.float32)
+    state = DecodeState(
+        tokens=jnp.full((n_rows, program.n_steps), program.pad_id, jnp.int32), caches=tuple(caches),
+        outputs=tuple(outputs), implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
+        duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
+        log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
+        step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros((), jnp.int32))
+    w_implicit = jnp.take(w_implicit, rows, axis=0)
+    w_explicit = jnp.take(w_explicit, rows, axis=0)
+    step = functools.partial(_token_step, program, params, w_implicit, w_explicit, stop_ids)
+
+    def run_chunk(state):
+        state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
+        return state
+
+    state = run_chunk(state)
+    state = jax.lax.while_loop(
+        lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
+        lambda s: run_chunk(_select(program, s)), state)
+    best = jnp.argmax(chunk_scores(program, state).reshape(n_prompts, width), axis=1)
+    return state, jnp.arange(n_prompts) * width + best
+
+
+@dataclasses.dataclass
+class Generation:
+    """Per prompt: the chosen row's tokens [P, N], lengths [P], text (stop strings trimmed), its final chunk
+    score [P], per-token log-ratio and KL(guided ‖ base) [P, N]; `rows` holds every row's tokens and scores."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    texts: list[str] | None
+    scores: np.ndarray
+    log_ratio: np.ndarray
+    kl: np.ndarray
+    forward_tokens: int  # tokens run through models: prompts once per model + active rows × models per step
+    rows: dict[str, np.ndarray]
+
+
+def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
+    members = [(base, guidance.base_template)]
+    for g in guidance.implicit:
+        members += [(g.tuned, g.template), (g.reference, g.template)]
+    if guidance.explicit is not None:
+        members.append((guidance.explicit.value, guidance.explicit.template))
+    return members
+
+
+def stop_token_ids(tokenizer, stop_strings: Sequence[str], eos_ids: Sequence[int]) -> np.ndarray:
+    """Ids that end a row: EOS ids and every token whose text contains a stop string (spec §3.6)."""
+    ids = set(int(i) for i in eos_ids)
+    if stop_strings:
+        if tokenizer is None:
+            raise InputError("stop strings need a tokenizer; pass stop token ids instead")
+        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        for i, piece in enumerate(vocab):
+            text = tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
+            if any(s in text for s in stop_strings):
+                ids.add(i)
+    return np.asarray(sorted(ids) or [-1], np.int32)
+
+
+def _trim(text: str, stop_strings: Sequence[str]) -> str:
+    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
+
+
+def _prompt_keys(seed, n_prompts: int) -> jax.Array:
+    seeds = np.asarray(seed)
+    if seeds.ndim == 0:
+        base = jax.random.key(int(seeds))
+        return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n_prompts))
+    if seeds.shape != (n_prompts,):
+        raise InputError(f"seed must be an int or one int per prompt ({n_prompts}); got shape {seeds.shape}")
+    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+
+
+def generate(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
+             sampling: Sampling | None = None, max_new_tokens: int = 50, seed=0, stop_strings: Sequence[str] = (),
+             stop_ids: Sequence[int] | None = None, implicit_weights=None, explicit_weight=None,
+             mesh=None) -> Generation:
+    """Guided generation for a batch of prompts (strings or token-id lists).
+
+    `seed`: an int, or one int per prompt (a prompt's result then depends only on its own seed, whatever else is
+    in the batch). `implicit_weights`: overrides the guides' weights, shape [n_guides] or [P, n_guides];
+    `explicit_weight`: scalar or [P]. Weights are data: new values reuse the compiled program.
+    """
+    guidance = guidance or Guidance()
+    search = search or Search()
+    sampling = sampling or Sampling()
+    validate(base, guidance, search, max_new_tokens)
+    if mesh is not None:
+        raise InputError("mesh= is not supported by this version of generate; place weights with "
+                         "load_model(..., mesh=...) instead")
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise InputError("prompts must be a non-empty list of strings or of token-id lists")
+    n_prompts = len(prompts)
+    chunks, length = n_chunks(search, max_new_tokens)
+    members = _members(base, guidance)
+    pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
+    ids, masks = [], []
+    for m, template in members:
+        if template != "{prompt}" and not isinstance(prompts[0], str):
+            raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
+                             f"(got {template!r})")
+        i, k = encode(m.tokenizer, prompts, template, pad_id=pad_id)
+        limit = m.config.max_positions
+        if i.shape[1] + chunks * length > limit:
+            raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
+                             f"the context of {m.source} ({limit} positions); shorten the prompt or the budget")
+        ids.append(jnp.asarray(i))
+        masks.append(jnp.asarray(k))
+    n_implicit = len(guidance.implicit)
+    if implicit_weights is None:
+        w_imp = np.stack([per_prompt_weights(g.weight, n_prompts, f"implicit guide {i} weight")
+                          for i, g in enumerate(guidance.implicit)], axis=1) if n_implicit else \
+            np.zeros((n_prompts, 0), np.float32)
+    else:
+        w_imp = np.asarray(implicit_weights, np.float32)
+        w_imp = np.broadcast_to(w_imp, (n_prompts, n_implicit)) if w_imp.ndim == 1 else w_imp
+        if w_imp.shape != (n_prompts, n_implicit) or not np.all(np.isfinite(w_imp)):
+            raise InputError(f"implicit_weights must be finite with shape [{n_implicit}] or [{n_prompts}, "
+                             f"{n_implicit}]; got {np.shape(implicit_weights)}")
+    w_exp = per_prompt_weights(
+        explicit_weight if explicit_weight is not None else
+        (guidance.explicit.weight if guidance.explicit is not None else 0.0), n_prompts, "explicit weight")
+    stops = stop_token_ids(base.tokenizer, stop_strings,
+                           base.config.eos_token_ids if stop_ids is None else stop_ids)
+    program = Program(
+        graphdefs=tuple(m.graphdef for m, _ in members), n_implicit=n_implicit,
+        has_value=guidance.explicit is not None, token=guidance.token, chunk=guidance.chunk,
+        beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
+        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id)
+    state, best = run(program, tuple(m.params for m, _ in members), tuple(ids), tuple(masks), jnp.asarray(w_imp),
+                      jnp.asarray(w_exp), _prompt_keys(seed, n_prompts), jnp.asarray(stops))
+    return _result(program, state, np.asarray(best), base.tokenizer, stop_strings, members, ids, masks)
+
+
+def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, members, ids,
+            masks) -> Generation:
+    host = jax.device_get(dict(tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio,
+                               kl=state.kl, scores=chunk_scores(program, state), done=state.done,
+                               duplicate=state.duplicate, work=state.work))
+    tokens = host["tokens"][best, :program.max_new_tokens]
+    lengths = host["lengths"][best]
+    texts = None
+    if tokenizer is not None:
+        texts = [_trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
+                 for t, n in zip(tokens, lengths)]
+    prompt_tokens = sum(int(np.asarray(k).sum()) for k in masks)
+    return Generation(
+        tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],
+        log_ratio=host["log_ratio"][best, :program.max_new_tokens], kl=host["kl"][best, :program.max_new_tokens],
+        forward_tokens=prompt_tokens + int(host["work"]) * len(members),
+        rows={k: host[k] for k in ("tokens", "lengths", "scores", "done", "duplicate")})

@@ -1,0 +1,228 @@
+"""The compiled IVG engine against a cache-free re-implementation, brute-force scores, and its own corner cases."""
+
+import jax
+import numpy as np
+import pytest
+
+import ivg_jax
+from ivg_jax.config import ModelConfig
+from ivg_jax.decoding import engine
+from ivg_jax.decoding.engine import generate
+from ivg_jax.decoding.sampling import Sampling
+from ivg_jax.errors import InputError
+from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
+from reference_search import last_outputs, log_softmax, reference_search
+
+CFG = ModelConfig(family="llama", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                  d_ff=48, pad_token_id=0, eos_token_ids=(1,))
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+STOP = (1,)
+
+
+def _scaled(model, factor):
+    """Sharper output distributions, so guidance visibly moves samples in tiny random models."""
+    params = jax.tree.map(lambda x: x, model.params)
+    params["embed"] = params["embed"] * factor
+    return model.with_params(params)
+
+
+@pytest.fixture(scope="module")
+def models():
+    base = _scaled(ivg_jax.init_model(CFG, 0), 30.0)
+    gpt2_cfg = ModelConfig(family="gpt2", vocab_size=61, d_model=32, n_layers=1, n_heads=4, n_kv_heads=4,
+                           head_dim=8, d_ff=64, norm="layer", mlp="gelu", activation="gelu_new", attn_bias=True,
+                           attn_out_bias=True, mlp_bias=True, positions="learned", max_positions=64,
+                           tie_embeddings=True, pad_token_id=0, eos_token_ids=(1,))
+    return dict(
+        base=base,
+        tuned0=_scaled(ivg_jax.init_model(CFG, 1), 30.0), ref0=_scaled(ivg_jax.init_model(CFG, 2), 30.0),
+        tuned1=_scaled(ivg_jax.init_model(gpt2_cfg, 3), 30.0), ref1=_scaled(ivg_jax.init_model(gpt2_cfg, 4), 30.0),
+        value=_scaled(ivg_jax.init_model(CFG.replace(head="value"), 5), 30.0),
+    )
+
+
+def _guidance(models, token, chunk, weights=(1.0, -0.5), w_value=2.0):
+    implicit = [ImplicitGuide(models["tuned0"], models["ref0"], weights[0]),
+                ImplicitGuide(models["tuned1"], models["ref1"], weights[1])]
+    return Guidance(implicit=implicit, explicit=ExplicitGuide(models["value"], w_value), token=token, chunk=chunk)
+
+
+def _reference(models, prompt, token, chunk, search, max_new, sampling, key, weights=(1.0, -0.5), w_value=2.0):
+    ids = {"base": prompt, "value": prompt, ("tuned", 0): prompt, ("ref", 0): prompt, ("tuned", 1): prompt,
+           ("ref", 1): prompt}
+    implicit = [(models["tuned0"], models["ref0"], weights[0]), (models["tuned1"], models["ref1"], weights[1])]
+    return reference_search(models["base"], ids, implicit, (models["value"], w_value), token, chunk, search.beams,
+                            search.candidates, search.chunk_length, max_new, sampling, key, STOP)
+
+
+def _prompt_key(seed, i):
+    return jax.random.fold_in(jax.random.key(seed), i)
+
+
+def _assert_same(out, ref, p, width):
+    rows = slice(p * width, (p + 1) * width)
+    got_rows = out.rows["tokens"][rows]
+    for r, (tokens, n) in enumerate(zip(got_rows, out.rows["lengths"][rows])):
+        assert list(tokens[:n]) == ref["tokens"][r], f"prompt {p} row {r}"
+    np.testing.assert_allclose(out.rows["scores"][rows], ref["scores"], rtol=1e-4, atol=1e-4)
+    best = ref["best"]
+    assert list(out.tokens[p][:out.lengths[p]]) == ref["tokens"][best]
+    np.testing.assert_allclose(out.log_ratio[p][:out.lengths[p]], ref["log_ratio"][best], atol=2e-4)
+    np.testing.assert_allclose(out.kl[p][:out.lengths[p]], ref["kl"][best], atol=2e-4)
+
+
+@pytest.mark.parametrize("token", ["implicit", "explicit"])
+@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=20, top_p=0.9), Sampling(0.0)],
+                         ids=["t1", "t0.7-k20-p0.9", "greedy"])
+def test_token_level_equals_brute_force(models, token, sampling):
+    """Sampling from the engine's guided distribution = sampling, with the same keys, from the product computed
+    by separate full forwards of every model (two implicit guides with different weights, or the value model)."""
+    search = Search(1, 1)
+    out = generate(models["base"], PROMPTS, _guidance(models, token, "none"), search, sampling, max_new_tokens=8,
+                   seed=3, stop_ids=STOP)
+    for p, prompt in enumerate(PROMPTS):
+        ref = _reference(models, prompt, token, "none", search, 8, sampling, _prompt_key(3, p))
+        _assert_same(out, ref, p, 1)
+    assert np.abs(out.log_ratio).max() > 0.05, "guidance did not move the base at all: the test would be blind"
+
+
+@pytest.mark.parametrize("token,chunk", [("none", "implicit"), ("none", "explicit"), ("implicit", "explicit"),
+                                         ("explicit", "implicit"), ("implicit", "implicit"),
+                                         ("explicit", "explicit")])
+def test_chunk_level_equals_cache_free_reference(models, token, chunk):
+    search = Search(beams=2, candidates=3, chunk_length=3)
+    sampling = Sampling(1.0)
+    out = generate(models["base"], PROMPTS, _guidance(models, token, chunk), search, sampling, max_new_tokens=8,
+                   seed=11, stop_ids=STOP)
+    for p, prompt in enumerate(PROMPTS):
+        ref = _reference(models, prompt, token, chunk, search, 8, sampling, _prompt_key(11, p))
+        _assert_same(out, ref, p, 6)
+
+
+def test_best_of_n_is_one_chunk_then_argmax(models):
+    n = 5
+    out = generate(models["base"], PROMPTS, _guidance(models, "none", "explicit"), best_of_n(n), Sampling(1.0),
+                   max_new_tokens=6, seed=2, stop_ids=STOP)
+    for p, prompt in enumerate(PROMPTS):
+        # N independent plain samples (W=K=1 each would use slot 0; BoN uses slots 0..N-1 of one chunk)
+        ref = _reference(models, prompt, "none", "explicit", Search(1, n, None), 6, Sampling(1.0), _prompt_key(2, p))
+        _assert_same(out, ref, p, n)
+        values = [ref["scores"][r] for r in range(n)]
+        assert out.scores[p] == pytest.approx(max(values), abs=1e-5)
+
+
+def test_w1_k1_equals_plain_guided_sampling(models):
+    common = dict(sampling=Sampling(0.8), max_new_tokens=7, seed=5, stop_ids=STOP)
+    plain = generate(models["base"], PROMPTS, _guidance(models, "implicit", "none"), Search(1, 1), **common)
+    cbs = generate(models["base"], PROMPTS, _guidance(models, "implicit", "explicit"), Search(1, 1, 2), **common)
+    np.testing.assert_array_equal(plain.tokens, cbs.tokens)
+
+
+def test_zero_weights_equal_base_sampling(models):
+    common = dict(sampling=Sampling(1.0), max_new_tokens=8, seed=9, stop_ids=STOP)
+    unguided = generate(models["base"], PROMPTS, Guidance(), Search(1, 1), **common)
+    zero = generate(models["base"], PROMPTS, _guidance(models, "implicit", "none", weights=(0.0, 0.0)),
+                    Search(1, 1), **common)
+    np.testing.assert_array_equal(unguided.tokens, zero.tokens)
+    assert np.all(zero.kl == 0) and np.all(zero.log_ratio == 0)
+    for p, prompt in enumerate(PROMPTS):
+        ref = _reference(models, prompt, "none", "none", Search(1, 1), 8, Sampling(1.0), _prompt_key(9, p))
+        assert list(unguided.tokens[p][:unguided.lengths[p]]) == ref["tokens"][0]
+
+
+@pytest.mark.parametrize("chunk", ["implicit", "explicit"])
+def test_incremental_scores_equal_scores_from_scratch(models, chunk):
+    guidance = _guidance(models, "implicit", chunk)
+    out = generate(models["base"], PROMPTS, guidance, Search(2, 2, 3), Sampling(1.0), max_new_tokens=9, seed=4,
+                   stop_ids=STOP)
+    width = 4
+    for row, (tokens, n, dup) in enumerate(zip(out.rows["tokens"], out.rows["lengths"], out.rows["duplicate"])):
+        if dup:
+            continue
+        prompt = PROMPTS[row // width]
+        response = list(tokens[:n])
+        full = np.array([prompt + response])
+        if chunk == "implicit":
+            expected = 0.0
+            for g in guidance.implicit:
+                lp_t = log_softmax(np.asarray(ivg_jax.forward(g.tuned, full))[0])
+                lp_r = log_softmax(np.asarray(ivg_jax.forward(g.reference, full))[0])
+                for j, y in enumerate(response):
+                    pos = len(prompt) + j - 1
+                    expected += g.weight * (lp_t[pos, y] - lp_r[pos, y])
+        else:
+            values = np.asarray(ivg_jax.forward(models["value"], full))[0]
+            expected = values[len(prompt) + n - 2, response[-1]]
+        assert out.rows["scores"][row] == pytest.approx(expected, abs=2e-4), row
+
+
+def test_batch_invariance(models):
+    guidance = _guidance(models, "implicit", "explicit")
+    search = Search(2, 2, 3)
+    seeds = [17, 23, 29]
+    batch = generate(models["base"], PROMPTS, guidance, search, Sampling(1.0), max_new_tokens=8, seed=seeds,
+                     stop_ids=STOP)
+    for p in range(len(PROMPTS)):
+        alone = generate(models["base"], [PROMPTS[p]], guidance, search, Sampling(1.0), max_new_tokens=8,
+                         seed=[seeds[p]], stop_ids=STOP)
+        np.testing.assert_array_equal(alone.tokens[0], batch.tokens[p])
+        assert alone.scores[0] == pytest.approx(batch.scores[p], abs=1e-5)
+
+
+def test_weights_are_data_not_recompiles(models):
+    guidance = _guidance(models, "implicit", "none")
+    kwargs = dict(search=Search(1, 1), sampling=Sampling(1.0), max_new_tokens=6, seed=1, stop_ids=STOP)
+    first = generate(models["base"], PROMPTS, guidance, **kwargs)
+    size = engine.run._cache_size()
+    other = generate(models["base"], PROMPTS, guidance, implicit_weights=[[2.0, 0.0], [0.0, 0.0], [1.0, 1.0]],
+                     **kwargs)
+    assert engine.run._cache_size() == size
+    # per-row weights act per row: prompt 1 with zero weights equals unguided sampling
+    unguided = generate(models["base"], PROMPTS, Guidance(), **kwargs)
+    np.testing.assert_array_equal(other.tokens[1], unguided.tokens[1])
+    assert not np.array_equal(first.tokens, other.tokens)
+
+
+def test_finished_rows_are_frozen_and_not_duplicated(models):
+    """With EOS likely (stop on many ids), finished rows emit padding and each occupies one beam slot."""
+    stop = tuple(range(1, 12))
+    search = Search(2, 3, 2)
+    out = generate(models["base"], PROMPTS, _guidance(models, "none", "explicit"), search, Sampling(1.0),
+                   max_new_tokens=8, seed=0, stop_ids=stop)
+    assert out.rows["done"].any() and out.rows["duplicate"].any() and not out.rows["done"].all()
+    for p, prompt in enumerate(PROMPTS):
+        ids = {"base": prompt, "value": prompt}
+        ref = reference_search(models["base"], ids, [], (models["value"], 2.0), "none", "explicit", 2, 3, 2, 8,
+                               Sampling(1.0), _prompt_key(0, p), stop)
+        assert [bool(d) for d in out.rows["duplicate"][p * 6:(p + 1) * 6]] == ref["duplicate"]
+        assert list(out.tokens[p][:out.lengths[p]]) == ref["tokens"][ref["best"]]
+    for tokens, n in zip(out.rows["tokens"], out.rows["lengths"]):
+        assert (tokens[n:] == 0).all()
+    for p in range(len(PROMPTS)):
+        rows = slice(p * 6, (p + 1) * 6)
+        live = [tuple(t[:n]) for t, n, d in zip(out.rows["tokens"][rows], out.rows["lengths"][rows],
+                                                out.rows["duplicate"][rows]) if not d]
+        finished = [h for h, d in zip(live, out.rows["done"][rows]) if d]
+        assert len(set(finished)) == len(finished)
+
+
+def test_bad_input_is_rejected_before_compiling(models):
+    base = models["base"]
+    g = _guidance(models, "implicit", "explicit")
+    with pytest.raises(InputError, match="beams"):
+        generate(base, PROMPTS, g, Search(0, 2, 3))
+    with pytest.raises(InputError, match="chunk_length"):
+        generate(base, PROMPTS, g, Search(2, 2, 0))
+    with pytest.raises(InputError, match="need a chunk-level value"):
+        generate(base, PROMPTS, _guidance(models, "implicit", "none"), Search(2, 2, 3))
+    with pytest.raises(InputError, match="must be finite"):
+        generate(base, PROMPTS, _guidance(models, "implicit", "none", weights=(float("nan"), 1.0)))
+    with pytest.raises(InputError, match="no '\\{prompt\\}' field"):
+        generate(base, PROMPTS, Guidance(base_template="Review:"))
+    with pytest.raises(InputError, match="exceed the context"):
+        generate(base, [[3] * 40], g, Search(1, 1), max_new_tokens=2000)
+    with pytest.raises(InputError, match="value model"):
+        generate(base, PROMPTS, Guidance(explicit=ExplicitGuide(models["tuned0"]), token="explicit"))
+    other_vocab = ivg_jax.init_model(CFG.replace(vocab_size=67), 8)
+    with pytest.raises(InputError, match="does not share the base's vocabulary"):
+        generate(base, PROMPTS, Guidance(implicit=[ImplicitGuide(other_vocab, other_vocab)], token="implicit"))
