@@ -27,12 +27,19 @@ def check_template(template: str, where: str) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImplicitGuide:
-    """log π_tuned − log π_ref of a DPO-tuned model and its reference, scaled by `weight`."""
+    """log π_tuned − log π_ref of a DPO-tuned model and its reference, scaled by `weight` (a scalar or one weight
+    per prompt). `reference_template` defaults to `template`; a different one turns the pair into a contrastive
+    prompt (the same model under two templates is a valid implicit value too)."""
 
     tuned: Model
     reference: Model
     weight: float = 1.0
     template: str = "{prompt}"
+    reference_template: str | None = None
+
+    @property
+    def templates(self) -> tuple[str, str]:
+        return self.template, self.reference_template or self.template
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -111,7 +118,8 @@ def validate(base: Model, guidance: Guidance, search: Search, max_new_tokens: in
         raise InputError(f"the base model must have an LM head; {base.source} has head={base.config.head!r}")
     check_template(guidance.base_template, "base template")
     for i, g in enumerate(guidance.implicit):
-        check_template(g.template, f"implicit guide {i} template")
+        for template in g.templates:
+            check_template(template, f"implicit guide {i} template")
         _check_weight(g.weight, f"implicit guide {i} weight")
         for role, m in (("tuned", g.tuned), ("reference", g.reference)):
             if m.config.head != "lm":

@@ -76,3 +76,23 @@ def test_export_with_tokenizer_loads_in_transformers(models, tmp_path):
         reference = hf(torch.tensor([ids])).logits[0].numpy()
     np.testing.assert_allclose(np.asarray(ivg_jax.forward(ours, [ids]))[0], reference, rtol=0,
                                atol=1e-4 * np.abs(reference).max())
+
+
+def test_guided_generation_with_templates_and_stop_strings(models):
+    """Real model, real tokenizer: each model sees its own template; a stop string ends rows in-graph and is
+    trimmed from the text."""
+    ours, _ = models
+    guidance = ivg_jax.Guidance(
+        implicit=[ivg_jax.ImplicitGuide(ours, ours, weight=1.5, template="Here is a glowing, enthusiastic review: "
+                                                                          "{prompt}", reference_template="Here is a movie review from imdb: {prompt}")],
+        token="implicit", base_template="Here is a movie review from imdb: {prompt}")
+    out = ivg_jax.generate(ours, ["The film", "I watched this"], guidance, sampling=ivg_jax.Sampling(0.7),
+                           max_new_tokens=24, seed=0, stop_strings=["."])
+    tok = ours.tokenizer
+    for text, tokens, n in zip(out.texts, out.tokens, out.lengths):
+        assert "." not in text
+        full = tok.decode(tokens[:n])
+        if n < 24:  # ended by the stop string: its last token carries the "."
+            assert "." in tok.decode(tokens[n - 1:n]) and "." not in tok.decode(tokens[:n - 1])
+        assert text == full.split(".")[0]
+    assert np.abs(out.log_ratio).max() > 0, "tuned and reference see different templates: guidance is non-zero"

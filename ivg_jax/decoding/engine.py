@@ -238,7 +238,7 @@ class Generation:
 def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
     members = [(base, guidance.base_template)]
     for g in guidance.implicit:
-        members += [(g.tuned, g.template), (g.reference, g.template)]
+        members += [(g.tuned, g.templates[0]), (g.reference, g.templates[1])]
     if guidance.explicit is not None:
         members.append((guidance.explicit.value, guidance.explicit.template))
     return members
@@ -250,12 +250,20 @@ def stop_token_ids(tokenizer, stop_strings: Sequence[str], eos_ids: Sequence[int
     if stop_strings:
         if tokenizer is None:
             raise InputError("stop strings need a tokenizer; pass stop token ids instead")
-        vocab = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        for i, piece in enumerate(vocab):
-            text = tokenizer.convert_tokens_to_string([piece]) if piece is not None else ""
-            if any(s in text for s in stop_strings):
-                ids.add(i)
+        ids |= _ids_containing(tokenizer, tuple(stop_strings))
     return np.asarray(sorted(ids) or [-1], np.int32)
+
+
+_STOP_CACHE: dict = {}
+
+
+def _ids_containing(tokenizer, stop_strings: tuple[str, ...]) -> set[int]:
+    """Token ids whose decoded text contains any stop string (one pass over the vocabulary, cached)."""
+    key = (id(tokenizer), stop_strings)
+    if key not in _STOP_CACHE:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        _STOP_CACHE[key] = {i for i, t in enumerate(texts) if any(s in t for s in stop_strings)}
+    return _STOP_CACHE[key]
 
 
 def _trim(text: str, stop_strings: Sequence[str]) -> str:
