@@ -86,3 +86,41 @@ def describe(tree: Any) -> str:
 
 def bytes_of(tree: Any) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
+    """The model with every weight placed on its mesh sharding (a no-op placement if already there)."""
+    from ivg_jax.model.api import abstract_model
+
+    _, abstract = abstract_model(model.config, model.dtype)
+    axes = param_logical_axes(abstract)
+
+    def place(path, leaf):
+        key = tuple(str(getattr(p, "key", p)) for p in path)
+        return jax.device_put(leaf, named_sharding(axes[key], leaf.shape, mesh, rules))
+
+    return model.with_params(jax.tree_util.tree_map_with_path(place, model.params))
+
+
+def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -> jax.Array:
+    """`with_sharding_constraint` by logical axes; identity without a mesh."""
+    if mesh is None:
+        return x
+    return jax.lax.with_sharding_constraint(x, named_sharding(axes, x.shape, mesh, rules))
+
+
+def put(x, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -> jax.Array:
+    """Host array -> device array, sharded by logical axes when a mesh is given. In a multi-process run every
+    process passes the same full value."""
+    if mesh is None:
+        return jax.numpy.asarray(x)
+    return jax.device_put(np.asarray(x), named_sharding(axes, np.shape(x), mesh, rules))
+
+
+def to_host(x) -> np.ndarray:
+    """Device array -> numpy, gathering shards held by other processes in a multi-process run."""
+    if getattr(x, "is_fully_addressable", True):
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))

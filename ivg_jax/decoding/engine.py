@@ -30,6 +30,7 @@ from ivg_jax.guidance import Guidance, Search, n_chunks, per_prompt_weights, val
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, prefill
+from ivg_jax.sharding import constrain, put, shard_params, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Program:
     max_new_tokens: int
     sampling: Sampling
     pad_id: int
+    mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
 
     @property
     def width(self) -> int:  # W·K rows per prompt
@@ -82,6 +84,22 @@ class DecodeState:
     step: jax.Array  # [] int32 tokens generated so far
     chunk: jax.Array  # [] int32 chunks completed
     work: jax.Array  # [] int32 active (row, step) pairs: each costs one forward token per model
+
+
+def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
+    """Pins the row axis to "data" and KV heads to "model", so beam gathers stay inside each data shard."""
+    if program.mesh is None:
+        return state
+    mesh = program.mesh
+    rows = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)  # noqa: E731
+    caches = tuple(KVCache(k=constrain(c.k, (None, "batch", "kv_heads", None, None), mesh),
+                           v=constrain(c.v, (None, "batch", "kv_heads", None, None), mesh),
+                           pos=rows(c.pos), index=c.index) for c in state.caches)
+    return dataclasses.replace(
+        state, tokens=rows(state.tokens), caches=caches, outputs=tuple(rows(o) for o in state.outputs),
+        implicit_score=rows(state.implicit_score), value=rows(state.value), done=rows(state.done),
+        duplicate=rows(state.duplicate), lengths=rows(state.lengths), log_ratio=rows(state.log_ratio),
+        kl=rows(state.kl), keys=rows(state.keys))
 
 
 def _log_softmax(x):
@@ -177,17 +195,18 @@ def _select(program: Program, state: DecodeState) -> DecodeState:
     rows = jnp.repeat(parents, k, axis=1).reshape(-1)  # [R]
     child = jnp.tile(jnp.arange(k), n_prompts * program.beams)
     state = _reorder(state, rows)
-    return dataclasses.replace(state, duplicate=state.duplicate | (state.done & (child > 0)),
-                               chunk=state.chunk + 1)
+    return _constrain_rows(program, dataclasses.replace(
+        state, duplicate=state.duplicate | (state.done & (child > 0)), chunk=state.chunk + 1))
 
 
 @functools.partial(jax.jit, static_argnames=("program",))
-def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_keys, stop_ids):
+def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stop_ids):
     """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
-    w_explicit [P]; prompt_keys [P]. Returns the final `DecodeState` (rows R = P·W·K) and the best row per
-    prompt [P]."""
+    w_explicit [P]; prompt_seeds [P, 2] (seed, index): prompt p's key is fold_in(key(seed), index).
+    Returns the final `DecodeState` (rows R = P·W·K) and the best row per prompt [P]."""
     width = program.width
-    n_prompts = prompt_keys.shape[0]
+    n_prompts = prompt_seeds.shape[0]
+    prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(prompt_seeds)
     rows = jnp.repeat(jnp.arange(n_prompts), width)
     caches, outputs = [], []
     for graphdef, p, ids, mask in zip(program.graphdefs, params, prompt_ids, prompt_masks):
@@ -204,6 +223,7 @@ def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explic
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
         step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros((), jnp.int32))
+    state = _constrain_rows(program, state)
     w_implicit = jnp.take(w_implicit, rows, axis=0)
     w_explicit = jnp.take(w_explicit, rows, axis=0)
     step = functools.partial(_token_step, program, params, w_implicit, w_explicit, stop_ids)
@@ -271,14 +291,15 @@ def _trim(text: str, stop_strings: Sequence[str]) -> str:
     return text if cut < 0 else text[:cut]
 
 
-def _prompt_keys(seed, n_prompts: int) -> jax.Array:
+def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
+    """[P, 2] uint32 (seed, index): one int seeds prompt p with (seed, p); per-prompt seeds use (seed_p, 0), so a
+    prompt's randomness never depends on its place in the batch."""
     seeds = np.asarray(seed)
     if seeds.ndim == 0:
-        base = jax.random.key(int(seeds))
-        return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(n_prompts))
+        return np.stack([np.full(n_prompts, int(seeds)), np.arange(n_prompts)], 1).astype(np.uint32)
     if seeds.shape != (n_prompts,):
         raise InputError(f"seed must be an int or one int per prompt ({n_prompts}); got shape {seeds.shape}")
-    return jax.vmap(jax.random.key)(jnp.asarray(seeds, jnp.uint32))
+    return np.stack([seeds, np.zeros(n_prompts)], 1).astype(np.uint32)
 
 
 def generate(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
@@ -295,16 +316,13 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     search = search or Search()
     sampling = sampling or Sampling()
     validate(base, guidance, search, max_new_tokens)
-    if mesh is not None:
-        raise InputError("mesh= is not supported by this version of generate; place weights with "
-                         "load_model(..., mesh=...) instead")
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise InputError("prompts must be a non-empty list of strings or of token-id lists")
     n_prompts = len(prompts)
     chunks, length = n_chunks(search, max_new_tokens)
     members = _members(base, guidance)
     pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
-    ids, masks = [], []
+    ids, masks, prompt_tokens = [], [], 0
     for m, template in members:
         if template != "{prompt}" and not isinstance(prompts[0], str):
             raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
@@ -314,8 +332,9 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         if i.shape[1] + chunks * length > limit:
             raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
                              f"the context of {m.source} ({limit} positions); shorten the prompt or the budget")
-        ids.append(jnp.asarray(i))
-        masks.append(jnp.asarray(k))
+        prompt_tokens += int(k.sum())
+        ids.append(put(i, ("batch", None), mesh))
+        masks.append(put(k, ("batch", None), mesh))
     n_implicit = len(guidance.implicit)
     if implicit_weights is None:
         w_imp = np.stack([per_prompt_weights(g.weight, n_prompts, f"implicit guide {i} weight")
@@ -336,26 +355,27 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         graphdefs=tuple(m.graphdef for m, _ in members), n_implicit=n_implicit,
         has_value=guidance.explicit is not None, token=guidance.token, chunk=guidance.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
-        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id)
-    state, best = run(program, tuple(m.params for m, _ in members), tuple(ids), tuple(masks), jnp.asarray(w_imp),
-                      jnp.asarray(w_exp), _prompt_keys(seed, n_prompts), jnp.asarray(stops))
-    return _result(program, state, np.asarray(best), base.tokenizer, stop_strings, members, ids, masks)
+        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, mesh=mesh)
+    params = tuple((shard_params(m, mesh) if mesh is not None else m).params for m, _ in members)
+    state, best = run(program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
+                      put(w_exp, ("batch",), mesh), put(_prompt_seeds(seed, n_prompts), ("batch", None), mesh),
+                      put(stops, (None,), mesh))
+    return _result(program, state, to_host(best), base.tokenizer, stop_strings, len(members), prompt_tokens)
 
 
-def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, members, ids,
-            masks) -> Generation:
-    host = jax.device_get(dict(tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio,
-                               kl=state.kl, scores=chunk_scores(program, state), done=state.done,
-                               duplicate=state.duplicate, work=state.work))
+def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, n_models: int,
+            prompt_tokens: int) -> Generation:
+    host = {k: to_host(v) for k, v in dict(
+        tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
+        scores=chunk_scores(program, state), done=state.done, duplicate=state.duplicate, work=state.work).items()}
     tokens = host["tokens"][best, :program.max_new_tokens]
     lengths = host["lengths"][best]
     texts = None
     if tokenizer is not None:
         texts = [_trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
                  for t, n in zip(tokens, lengths)]
-    prompt_tokens = sum(int(np.asarray(k).sum()) for k in masks)
     return Generation(
         tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],
         log_ratio=host["log_ratio"][best, :program.max_new_tokens], kl=host["kl"][best, :program.max_new_tokens],
-        forward_tokens=prompt_tokens + int(host["work"]) * len(members),
+        forward_tokens=prompt_tokens + int(host["work"]) * n_models,
         rows={k: host[k] for k in ("tokens", "lengths", "scores", "done", "duplicate")})
