@@ -73,3 +73,13 @@ def pad_batch(rows: list[list[int]], side: str, pad_id: int = 0) -> tuple[np.nda
 def random_rows(lengths, seed: int = 0, vocab: int = VOCAB) -> list[list[int]]:
     rng = np.random.default_rng(seed)
     return [rng.integers(2, vocab, size=n).tolist() for n in lengths]
+
+
+def word_tokenizer(words: list[str]):
+    """A transformers fast tokenizer over whitespace-separated words (id = index in `words`)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[2]))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=words[0], eos_token=words[1], unk_token=words[2])

@@ -1,5 +1,7 @@
 """The compiled IVG engine against a cache-free re-implementation, brute-force scores, and its own corner cases."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from ivg_jax.decoding.engine import generate
 from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
+from oracle import word_tokenizer
 from reference_search import last_outputs, log_softmax, reference_search
 
 CFG = ModelConfig(family="llama", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
@@ -116,6 +119,19 @@ def test_w1_k1_equals_plain_guided_sampling(models):
     plain = generate(models["base"], PROMPTS, _guidance(models, "implicit", "none"), Search(1, 1), **common)
     cbs = generate(models["base"], PROMPTS, _guidance(models, "implicit", "explicit"), Search(1, 1, 2), **common)
     np.testing.assert_array_equal(plain.tokens, cbs.tokens)
+
+
+def test_forward_token_count_and_prompt_buckets(models):
+    """Compute is counted in model forward tokens (prompts once per model, then active rows per step), and 3 or
+    4 prompts share one compiled program (the prompt count is bucketed)."""
+    guidance = _guidance(models, "implicit", "explicit")  # 1 base + 2x2 implicit + 1 value = 6 models
+    kwargs = dict(search=Search(1, 1), sampling=Sampling(1.0), max_new_tokens=5, seed=1, stop_ids=[])
+    out = generate(models["base"], PROMPTS, guidance, **kwargs)
+    assert out.forward_tokens == 6 * (sum(map(len, PROMPTS)) + len(PROMPTS) * 5)
+    size = engine.run._cache_size()
+    four = generate(models["base"], PROMPTS + [[20, 21]], guidance, **kwargs)
+    assert engine.run._cache_size() == size
+    np.testing.assert_array_equal(four.tokens[:3], out.tokens)
 
 
 def test_zero_weights_equal_base_sampling(models):
@@ -226,3 +242,18 @@ def test_bad_input_is_rejected_before_compiling(models):
     other_vocab = ivg_jax.init_model(CFG.replace(vocab_size=67), 8)
     with pytest.raises(InputError, match="does not share the base's vocabulary"):
         generate(base, PROMPTS, Guidance(implicit=[ImplicitGuide(other_vocab, other_vocab)], token="implicit"))
+
+
+def test_same_size_different_vocabulary_is_refused_at_token_level(models):
+    """Vocabularies are compared entry by entry: equal sizes with a different token->id map are refused."""
+    words = ["<pad>", "</s>", "<unk>"] + [f"w{i}" for i in range(3, 61)]
+    shuffled = words[:3] + words[3:][::-1]
+    base = dataclasses.replace(models["base"], tokenizer=word_tokenizer(words))
+    guide = dataclasses.replace(models["tuned0"], tokenizer=word_tokenizer(shuffled))
+    same = dataclasses.replace(models["ref0"], tokenizer=word_tokenizer(words))
+    assert base.config.vocab_size == guide.config.vocab_size
+    with pytest.raises(InputError, match="does not share the base's vocabulary"):
+        generate(base, ["w5 w6"], Guidance(implicit=[ImplicitGuide(guide, guide)], token="implicit"))
+    out = generate(base, ["w5 w6"], Guidance(implicit=[ImplicitGuide(same, same)], token="implicit"),
+                   max_new_tokens=3)
+    assert out.texts is not None and len(out.tokens[0]) == 3

@@ -83,7 +83,7 @@ class DecodeState:
     keys: jax.Array  # [R] per-slot PRNG keys (stay with the slot, not the hypothesis)
     step: jax.Array  # [] int32 tokens generated so far
     chunk: jax.Array  # [] int32 chunks completed
-    work: jax.Array  # [] int32 active (row, step) pairs: each costs one forward token per model
+    work: jax.Array  # [P] int32 active (row, step) pairs per prompt: each costs one forward token per model
 
 
 def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
@@ -160,7 +160,7 @@ def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, stat
         log_ratio=state.log_ratio.at[:, col].set(log_ratio),
         kl=state.kl.at[:, col].set(kl),
         step=state.step + 1,
-        work=state.work + jnp.sum(active, dtype=jnp.int32),
+        work=state.work + jnp.sum(active.reshape(state.work.shape[0], -1), axis=1, dtype=jnp.int32),
     )
 
 
@@ -222,7 +222,7 @@ def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explic
         outputs=tuple(outputs), implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
-        step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros((), jnp.int32))
+        step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros(n_prompts, jnp.int32))
     state = _constrain_rows(program, state)
     w_implicit = jnp.take(w_implicit, rows, axis=0)
     w_explicit = jnp.take(w_explicit, rows, axis=0)
@@ -318,7 +318,10 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     validate(base, guidance, search, max_new_tokens)
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise InputError("prompts must be a non-empty list of strings or of token-id lists")
-    n_prompts = len(prompts)
+    n_real = len(prompts)
+    n_prompts = prompt_bucket(n_real)
+    # Dummy copies of the first prompt fill the bucket, so batches of nearby sizes share one program.
+    prompts = list(prompts) + [prompts[0]] * (n_prompts - n_real)
     chunks, length = n_chunks(search, max_new_tokens)
     members = _members(base, guidance)
     pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
@@ -332,23 +335,26 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         if i.shape[1] + chunks * length > limit:
             raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
                              f"the context of {m.source} ({limit} positions); shorten the prompt or the budget")
-        prompt_tokens += int(k.sum())
+        prompt_tokens += int(k[:n_real].sum())
         ids.append(put(i, ("batch", None), mesh))
         masks.append(put(k, ("batch", None), mesh))
     n_implicit = len(guidance.implicit)
     if implicit_weights is None:
-        w_imp = np.stack([per_prompt_weights(g.weight, n_prompts, f"implicit guide {i} weight")
+        w_imp = np.stack([per_prompt_weights(g.weight, n_real, f"implicit guide {i} weight")
                           for i, g in enumerate(guidance.implicit)], axis=1) if n_implicit else \
-            np.zeros((n_prompts, 0), np.float32)
+            np.zeros((n_real, 0), np.float32)
     else:
         w_imp = np.asarray(implicit_weights, np.float32)
-        w_imp = np.broadcast_to(w_imp, (n_prompts, n_implicit)) if w_imp.ndim == 1 else w_imp
-        if w_imp.shape != (n_prompts, n_implicit) or not np.all(np.isfinite(w_imp)):
-            raise InputError(f"implicit_weights must be finite with shape [{n_implicit}] or [{n_prompts}, "
+        w_imp = np.broadcast_to(w_imp, (n_real, n_implicit)) if w_imp.ndim == 1 else w_imp
+        if w_imp.shape != (n_real, n_implicit) or not np.all(np.isfinite(w_imp)):
+            raise InputError(f"implicit_weights must be finite with shape [{n_implicit}] or [{n_real}, "
                              f"{n_implicit}]; got {np.shape(implicit_weights)}")
     w_exp = per_prompt_weights(
         explicit_weight if explicit_weight is not None else
-        (guidance.explicit.weight if guidance.explicit is not None else 0.0), n_prompts, "explicit weight")
+        (guidance.explicit.weight if guidance.explicit is not None else 0.0), n_real, "explicit weight")
+    w_imp = _pad_rows(w_imp, n_prompts)
+    w_exp = _pad_rows(w_exp, n_prompts)
+    seeds = _pad_rows(_prompt_seeds(seed, n_real), n_prompts)
     stops = stop_token_ids(base.tokenizer, stop_strings,
                            base.config.eos_token_ids if stop_ids is None else stop_ids)
     program = Program(
@@ -358,13 +364,23 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, mesh=mesh)
     params = tuple((shard_params(m, mesh) if mesh is not None else m).params for m, _ in members)
     state, best = run(program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
-                      put(w_exp, ("batch",), mesh), put(_prompt_seeds(seed, n_prompts), ("batch", None), mesh),
+                      put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh),
                       put(stops, (None,), mesh))
-    return _result(program, state, to_host(best), base.tokenizer, stop_strings, len(members), prompt_tokens)
+    return _result(program, state, to_host(best)[:n_real], base.tokenizer, stop_strings, len(members),
+                   prompt_tokens, n_real)
+
+
+def prompt_bucket(n: int) -> int:
+    """Prompt-count bucket: powers of two up to 8, then multiples of 8."""
+    return 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+
+
+def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+    return np.concatenate([x, np.repeat(x[:1], n - len(x), axis=0)]) if n > len(x) else x
 
 
 def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, n_models: int,
-            prompt_tokens: int) -> Generation:
+            prompt_tokens: int, n_real: int) -> Generation:
     host = {k: to_host(v) for k, v in dict(
         tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
         scores=chunk_scores(program, state), done=state.done, duplicate=state.duplicate, work=state.work).items()}
@@ -377,5 +393,5 @@ def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, s
     return Generation(
         tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],
         log_ratio=host["log_ratio"][best, :program.max_new_tokens], kl=host["kl"][best, :program.max_new_tokens],
-        forward_tokens=prompt_tokens + int(host["work"]) * n_models,
-        rows={k: host[k] for k in ("tokens", "lengths", "scores", "done", "duplicate")})
+        forward_tokens=prompt_tokens + int(host["work"][:n_real].sum()) * n_models,
+        rows={k: host[k][:n_real * program.width] for k in ("tokens", "lengths", "scores", "done", "duplicate")})
