@@ -89,6 +89,8 @@ def same_vocabulary(a: Model, b: Model) -> bool:
     """True when both models map every token string to the same id (sizes alone are not enough)."""
     if a.config.vocab_size != b.config.vocab_size:
         return False
+    if a.tokenizer is b.tokenizer:
+        return True
     va, vb = _vocab(a), _vocab(b)
     if va is None or vb is None:
         return va is None and vb is None  # tokenizer-less models (token-id prompts): ids are the vocabulary

@@ -1,6 +1,7 @@
 """A plain re-implementation of guided decoding and chunk-level beam search for one prompt, written without
 caches, broadcasting, scans or in-graph selection: every step re-runs every model over prompt + response
-(`ivg_jax.forward`, itself checked against transformers). Same keys as the engine, so same samples."""
+(`ivg_jax.forward`, itself checked against transformers). Same keys and the same one-draw sampler as the engine
+(`categorical`, checked on its own in test_sampling.py), so same samples."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import ivg_jax
-from ivg_jax.decoding.sampling import filter_logits
+from ivg_jax.decoding.sampling import categorical, filter_logits
 
 
 def last_outputs(model, prompt: list[int], responses: list[list[int]], width: int) -> np.ndarray:
@@ -83,8 +84,7 @@ def reference_search(base, prompt_ids, implicit, value, token, chunk, beams, can
                 if sampling.greedy:
                     y = int(np.argmax(guided[s]))
                 else:
-                    y = int(jax.random.categorical(jax.random.fold_in(keys[s], step),
-                                                   filter_logits(logits, sampling))[0])
+                    y = int(categorical(jax.random.fold_in(keys[s], step), filter_logits(logits, sampling)[0]))
                 g_t = log_softmax(guided[s] / temperature)
                 b_t = log_softmax(base_lp[s] / temperature)
                 r["log_ratio"].append(g_t[y] - b_t[y])

@@ -255,6 +255,13 @@ class Generation:
     rows: dict[str, np.ndarray]
 
 
+def _used_guides(guidance: Guidance) -> Guidance:
+    """Drops guides that neither level uses, so a cell of the grid runs only its own models."""
+    modes = (guidance.token, guidance.chunk)
+    return dataclasses.replace(guidance, implicit=guidance.implicit if "implicit" in modes else (),
+                               explicit=guidance.explicit if "explicit" in modes else None)
+
+
 def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
     members = [(base, guidance.base_template)]
     for g in guidance.implicit:
@@ -316,6 +323,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     search = search or Search()
     sampling = sampling or Sampling()
     validate(base, guidance, search, max_new_tokens)
+    guidance = _used_guides(guidance)
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise InputError("prompts must be a non-empty list of strings or of token-id lists")
     n_real = len(prompts)
