@@ -144,7 +144,8 @@ def main() -> None:
     for batch, r in rows:
         a, b = r["ivg-jax"], r["transformers"]
         lines.append(f"| {batch} | {a['tok_s']:.1f} / {b['tok_s']:.1f} | {a['tok_s'] / b['tok_s']:.2f}x | "
-                     f"{a['decode_tok_s']:.1f} / {b['decode_tok_s']:.1f} | {a['decode_tok_s'] / b['decode_tok_s']:.2f}x | "
+                     f"{a['decode_tok_s']:.1f} / {b['decode_tok_s']:.1f} | "
+                     f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x | "
                      f"{a['compile_s']:.1f} | {a['ttft_s'] * 1000:.0f} / {b['ttft_s'] * 1000:.0f} | "
                      f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |")
     table = "\n".join(lines)

@@ -33,14 +33,29 @@ import numpy as np  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
-from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.decoding.prompts import encode  # noqa: E402
+from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.guidance import n_chunks  # noqa: E402
 from ivg_jax.model import extend, prefill  # noqa: E402
 
 PROMPT = "Here is a movie review from imdb: {}"
 OPENINGS = ["I went in expecting little", "The acting in this film", "Two hours of my life", "A quiet story about",
             "This is the worst", "From the first scene", "My kids loved", "The director clearly"]
+
+
+# SmolLM2-135M-Instruct's architecture (as read from its GGUF by ivg_jax.config.config_from_gguf).
+SMOLLM2_135M = ivg_jax.ModelConfig(
+    family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
+    norm_eps=1e-5, max_positions=8192, rope_theta=100000.0, tie_embeddings=True, bos_token_id=1,
+    eos_token_ids=(2,), pad_token_id=2)
+
+
+def make_prompts(n, model):
+    texts = [OPENINGS[i % len(OPENINGS)] for i in range(n)]
+    if model.tokenizer is not None:
+        return texts
+    rng = np.random.default_rng(0)  # token-id prompts of the lengths the templated texts have
+    return [rng.integers(100, 40000, size=12 + i % 5).tolist() for i in range(n)]
 
 
 def copy_model(model, head="lm"):
@@ -54,12 +69,15 @@ def copy_model(model, head="lm"):
 
 
 def timed(fn, repeats):
-    out = fn()
-    jax.block_until_ready(out)
+    def run():  # a Generation holds numpy results already; arrays are waited for
+        out = fn()
+        return jax.block_until_ready(getattr(out, "tokens", out))
+
+    run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        jax.block_until_ready(fn())
+        run()
         times.append(time.perf_counter() - t)
     return statistics.median(times)
 
@@ -91,6 +109,7 @@ def model_alone_seconds(model, prompts, template, width, n_steps, repeats):
 
 def cells(models, width_search):
     base, tuned0, ref0, tuned1, ref1, value = models
+    template = PROMPT.format("{prompt}") if base.tokenizer is not None else "{prompt}"
     implicit = [ivg_jax.ImplicitGuide(tuned0, ref0, 1.0), ivg_jax.ImplicitGuide(tuned1, ref1, 0.5)]
     explicit = ivg_jax.ExplicitGuide(value, 1.0)
     plain = ivg_jax.Search(1, 1)
@@ -99,11 +118,10 @@ def cells(models, width_search):
         for chunk in ("none", "implicit", "explicit"):
             search = plain if chunk == "none" else width_search
             out.append((f"token={token}, chunk={chunk}", ivg_jax.Guidance(implicit, explicit, token, chunk,
-                                                                           base_template=PROMPT.format("{prompt}")),
-                        search))
+                                                                           base_template=template), search))
     n = width_search.rows_per_prompt
     out.append((f"best-of-{n} (explicit)", ivg_jax.Guidance(implicit, explicit, "none", "explicit",
-                                                             base_template=PROMPT.format("{prompt}")),
+                                                             base_template=template),
                 ivg_jax.best_of_n(n)))
     return out
 
@@ -130,15 +148,21 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--model", choices=["default", "random"], default="default",
+                    help="default: the embedded SmolLM2 GGUF; random: SmolLM2-135M shapes with random weights and "
+                         "token-id prompts (same cost; for machines without the GGUF, e.g. the lent GPU)")
     ap.add_argument("--scaling", action="store_true", help="also measure IVG scaling and plot it")
     ap.add_argument("--out", default="benchmarks/results", help="directory for the table, JSON and plot")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
 
-    base = ivg_jax.load_model(default_model_path(), dtype=args.dtype)
+    if args.model == "default":
+        base = ivg_jax.load_model(default_model_path(), dtype=args.dtype)
+    else:
+        base = ivg_jax.init_model(SMOLLM2_135M, seed=0, dtype=jnp.dtype(args.dtype))
     models = [base, copy_model(base), copy_model(base), copy_model(base), copy_model(base),
               copy_model(base, head="value")]
-    prompts = [OPENINGS[i % len(OPENINGS)] for i in range(args.prompts)]
+    prompts = make_prompts(args.prompts, base)
     search = ivg_jax.Search(args.beams, args.candidates, args.chunk)
     device = f"{jax.devices()[0].device_kind} x{jax.device_count()}" if jax.default_backend() != "cpu" else \
         f"CPU ({os.cpu_count()} cores, {platform.machine()})"
@@ -148,8 +172,8 @@ def main():
 
     def model_seconds(width, n_steps):
         if (width, n_steps) not in alone:
-            alone[(width, n_steps)] = model_alone_seconds(base, prompts, PROMPT.format("{prompt}"), width, n_steps,
-                                                          args.repeats + 1)
+            template = PROMPT.format("{prompt}") if base.tokenizer is not None else "{prompt}"
+            alone[(width, n_steps)] = model_alone_seconds(base, prompts, template, width, n_steps, args.repeats + 1)
         return alone[(width, n_steps)]
 
     results = []
@@ -159,7 +183,7 @@ def main():
         t0 = time.perf_counter()
         out = ivg_jax.generate(base, prompts, guidance, s, **common)
         first = time.perf_counter() - t0
-        total = timed(lambda: ivg_jax.generate(base, prompts, guidance, s, **common).tokens, args.repeats)
+        total = timed(functools.partial(ivg_jax.generate, base, prompts, guidance, s, **common), args.repeats)
         per_token = total / args.new_tokens
         n_steps = math.prod(n_chunks(s, args.new_tokens))
         models_only = n_models * model_seconds(s.rows_per_prompt, n_steps) / args.new_tokens
@@ -190,10 +214,10 @@ def main():
                 [("prompts", p, args.beams, args.candidates, args.new_tokens) for p in (1, 2, 4, 8, 16)]
                 + [("W*K", args.prompts, w, k, args.new_tokens) for w, k in ((1, 1), (2, 2), (4, 4), (4, 8))]
                 + [("new tokens", args.prompts, args.beams, args.candidates, n) for n in (10, 25, 50, 100)]):
-            ps = [OPENINGS[i % len(OPENINGS)] for i in range(n_prompts)]
+            ps = make_prompts(n_prompts, base)
             s = ivg_jax.Search(w, k, args.chunk)
             kw = dict(common, max_new_tokens=n_new)
-            t = timed(lambda: ivg_jax.generate(base, ps, ivg, s, **kw).tokens, 1)
+            t = timed(functools.partial(ivg_jax.generate, base, ps, ivg, s, **kw), 1)
             scaling.append(dict(axis=label, prompts=n_prompts, wk=w * k, new_tokens=n_new, seconds=t,
                                 per_token_ms=1000 * t / n_new, per_row_token_ms=1000 * t / n_new / (n_prompts * w * k)))
             print(json.dumps(scaling[-1]), flush=True)

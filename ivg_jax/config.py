@@ -13,6 +13,7 @@ from ivg_jax.errors import UnsupportedError
 Family = Literal["gpt2", "llama", "mistral", "mixtral"]
 Head = Literal["lm", "value", "scalar"]
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral")
+ACTIVATIONS = ("silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ModelConfig:
                 "grouped-query attention needs whole groups")
         if self.head not in ("lm", "value", "scalar"):
             raise UnsupportedError(f"head={self.head!r}; choose 'lm', 'value' or 'scalar'")
+        if self.activation not in ACTIVATIONS:
+            raise UnsupportedError(f"activation {self.activation!r} is not supported; supported: {ACTIVATIONS}")
 
     @property
     def is_moe(self) -> bool:
@@ -211,10 +214,11 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def config_from_gguf(meta: dict[str, Any], source: str, tied: bool) -> ModelConfig:
+def config_from_gguf(meta: dict[str, Any], source: str, tied: bool, vocab_size: int) -> ModelConfig:
     """Builds the config from GGUF metadata (`{arch}.*` keys). Only the llama architecture family is read.
 
-    `tied`: the file has no `output.weight`, so the LM head reuses the token embedding.
+    `tied`: the file has no `output.weight`, so the LM head reuses the token embedding; `vocab_size`: rows of
+    the token embedding (files do not always carry `llama.vocab_size`).
     """
     arch = meta.get("general.architecture")
     if arch != "llama":
@@ -234,8 +238,7 @@ def config_from_gguf(meta: dict[str, Any], source: str, tied: bool) -> ModelConf
         scaling = RopeScaling("linear", float(meta["llama.rope.scaling.factor"]))
     sliding = meta.get("llama.attention.sliding_window")
     return ModelConfig(
-        family="mistral" if sliding else "llama", vocab_size=int(meta.get("llama.vocab_size") or
-                                                                 len(meta["tokenizer.ggml.tokens"])),
+        family="mistral" if sliding else "llama", vocab_size=vocab_size,
         d_model=d, n_layers=int(meta["llama.block_count"]), n_heads=n, n_kv_heads=n_kv, head_dim=head_dim,
         d_ff=int(meta["llama.feed_forward_length"]), norm="rms",
         norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)), mlp="swiglu",

@@ -8,7 +8,8 @@ earlier dimension of the same array already uses it, so every model loads on any
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -8,7 +8,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402
-
 from oracle import FAMILIES, make_hf_model  # noqa: E402
 
 

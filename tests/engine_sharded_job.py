@@ -13,7 +13,6 @@ else:  # distributed: argv = dist, process_id, n_processes, port
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
 
-import numpy as np  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.config import ModelConfig  # noqa: E402
@@ -46,7 +45,8 @@ report = {}
 if mode == "local":
     report["1"] = summary(ivg_jax.generate(base, prompts, guidance, **kw))
     for data, model in [(8, 1), (4, 2), (2, 4)]:
-        report[f"{data}x{model}"] = summary(ivg_jax.generate(base, prompts, guidance, mesh=make_mesh(data, model), **kw))
+        mesh = make_mesh(data, model)
+        report[f"{data}x{model}"] = summary(ivg_jax.generate(base, prompts, guidance, mesh=mesh, **kw))
 else:
     mesh = make_mesh(2, 2)  # spans both processes' devices
     report["dist"] = summary(ivg_jax.generate(base, prompts, guidance, mesh=mesh, **kw))

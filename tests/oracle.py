@@ -45,7 +45,7 @@ def make_hf_model(name: str, directory, seed: int = 0):
     model = getattr(transformers, model_cls)(config).eval()
     # Random init leaves norms at 1 and biases at 0; perturb them so the test sees them.
     with torch.no_grad():
-        for pname, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     model.save_pretrained(directory)

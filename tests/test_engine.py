@@ -5,6 +5,8 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from oracle import word_tokenizer
+from reference_search import log_softmax, reference_search
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
@@ -13,8 +15,6 @@ from ivg_jax.decoding.engine import generate
 from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
-from oracle import word_tokenizer
-from reference_search import last_outputs, log_softmax, reference_search
 
 CFG = ModelConfig(family="llama", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                   d_ff=48, pad_token_id=0, eos_token_ids=(1,))

@@ -131,3 +131,18 @@ def test_forward_input_checks(hf_checkpoint):
         ivg_jax.forward(model, np.ones((1, 65), np.int32))
     with pytest.raises(InputError, match="attention_mask shape"):
         ivg_jax.forward(model, [[1, 2, 3]], [[1, 1]])
+
+
+def test_unsupported_activation_named_at_config_time(hf_checkpoint, tmp_path):
+    src, _ = hf_checkpoint("gpt2")
+    dst = tmp_path / "gpt2"
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["activation_function"] = "quick_gelu"
+    (dst / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match="activation 'quick_gelu'"):
+        ivg_jax.load_model(dst)
+    from ivg_jax.config import ACTIVATIONS
+    from ivg_jax.model.layers import _ACTIVATIONS
+
+    assert set(ACTIVATIONS) == set(_ACTIVATIONS), "config's list and the implementations disagree"

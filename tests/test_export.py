@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import ALL_FAMILIES
+from oracle import pad_batch, random_rows
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
-from conftest import ALL_FAMILIES
-from oracle import pad_batch, random_rows
 
 ROWS = random_rows([7, 3, 10], seed=5)
 

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
-
-import ivg_jax
-from ivg_jax.model import prefill, step, extend
-from ivg_jax.model.layers import rope_inverse_frequencies
 from conftest import ALL_FAMILIES
 from oracle import hf_logits, pad_batch, random_rows
+
+import ivg_jax
+from ivg_jax.model import extend, prefill, step
+from ivg_jax.model.layers import rope_inverse_frequencies
 
 LENGTHS = [9, 5, 1, 12]  # 12 > the Mistral window (4); 1 exercises a row that is almost all padding
 

@@ -82,9 +82,10 @@ def test_guided_generation_with_templates_and_stop_strings(models):
     """Real model, real tokenizer: each model sees its own template; a stop string ends rows in-graph and is
     trimmed from the text."""
     ours, _ = models
+    guide = ivg_jax.ImplicitGuide(ours, ours, weight=1.5, template="Here is a glowing, enthusiastic review: {prompt}",
+                                  reference_template="Here is a movie review from imdb: {prompt}")
     guidance = ivg_jax.Guidance(
-        implicit=[ivg_jax.ImplicitGuide(ours, ours, weight=1.5, template="Here is a glowing, enthusiastic review: "
-                                                                          "{prompt}", reference_template="Here is a movie review from imdb: {prompt}")],
+        implicit=[guide],
         token="implicit", base_template="Here is a movie review from imdb: {prompt}")
     out = ivg_jax.generate(ours, ["The film", "I watched this"], guidance, sampling=ivg_jax.Sampling(0.7),
                            max_new_tokens=24, seed=0, stop_strings=["."])

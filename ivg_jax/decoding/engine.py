@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.decoding.prompts import encode
-from ivg_jax.decoding.sampling import Sampling, filter_logits, sample, step_keys
+from ivg_jax.decoding.sampling import Sampling, sample, step_keys
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import Guidance, Search, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model

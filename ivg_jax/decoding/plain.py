@@ -44,9 +44,10 @@ def _sample_loop(graphdef, params, ids, mask, keys, stop_ids, pad_id, max_new_to
     return tokens.T, alive.T.sum(axis=1)
 
 
-def complete(model: Model, prompts, max_new_tokens: int = 32, sampling: Sampling = Sampling(0.0),
+def complete(model: Model, prompts, max_new_tokens: int = 32, sampling: Sampling | None = None,
              seed: int = 0, template: str = "{prompt}", stop_ids=None) -> Completion:
     """Completes a batch of prompts (strings or token-id lists). Greedy by default."""
+    sampling = sampling or Sampling(0.0)
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens={max_new_tokens} must be >= 1")
     cfg = model.config

@@ -166,7 +166,10 @@ def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=
 
 def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
     source = GGUFSource(path)
-    cfg = config_from_gguf(source.metadata, str(path), tied=source.tied)
+    if "model.embed_tokens.weight" not in source:
+        raise CheckpointError(f"{path}: GGUF file has no token_embd.weight tensor; it is not a complete model")
+    cfg = config_from_gguf(source.metadata, str(path), tied=source.tied,
+                           vocab_size=source.shape("model.embed_tokens.weight")[0])
     graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
     tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))
