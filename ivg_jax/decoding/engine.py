@@ -148,7 +148,7 @@ def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, stat
         out, cache = extend(graphdef, p, token[:, None], active[:, None], cache)
         outputs.append(out[:, 0])
         caches.append(cache)
-    col = jnp.minimum(state.step, state.tokens.shape[1] - 1)
+    col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
     return dataclasses.replace(
         state,
         tokens=state.tokens.at[:, col].set(jnp.where(active, token, state.tokens[:, col])),
@@ -319,6 +319,8 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     `seed`: an int, or one int per prompt (a prompt's result then depends only on its own seed, whatever else is
     in the batch). `implicit_weights`: overrides the guides' weights, shape [n_guides] or [P, n_guides];
     `explicit_weight`: scalar or [P]. Weights are data: new values reuse the compiled program.
+    `mesh`: a ("data", "model") mesh (`ivg_jax.sharding.make_mesh`); rows are split over data, every model's
+    weights and KV heads over model (docs/sharding.md).
     """
     guidance = guidance or Guidance()
     search = search or Search()
