@@ -142,14 +142,29 @@ def validate(base: Model, guidance: Guidance, search: Search, max_new_tokens: in
     for kind, i, m in used:
         if same_vocabulary(base, m):
             continue
-        level = "token" if guidance.token == kind.split()[0] else "chunk"
-        if level == "token":
+        if guidance.token == kind.split()[0]:
             raise InputError(
                 f"{kind} {i} ({m.source}) does not share the base's vocabulary; token-level guidance adds "
                 "logits token by token and needs the base tokenizer. Use it at chunk level instead.")
-        raise UnsupportedError(
-            f"{kind} {i} ({m.source}) has a different tokenizer from the base; chunk-level guidance across "
-            "tokenizers (re-tokenising at chunk boundaries) is not implemented yet")
+        if base.tokenizer is None or m.tokenizer is None:
+            raise InputError(f"{kind} {i} ({m.source}) has another vocabulary than the base; re-tokenising for it "
+                             "needs both models' tokenizers")
+    host_scored_kind(base, guidance)  # raises for mixtures
+
+
+def host_scored_kind(base: Model, guidance: Guidance) -> str | None:
+    """The chunk-level kind whose guides have another tokenizer than the base (scored on the host between
+    chunks), or None when chunk scores come from the compiled step."""
+    if guidance.chunk == "implicit":
+        foreign = [not same_vocabulary(base, g.tuned) for g in guidance.implicit]
+    elif guidance.chunk == "explicit" and guidance.explicit is not None:
+        foreign = [not same_vocabulary(base, guidance.explicit.value)]
+    else:
+        return None
+    if any(foreign) and not all(foreign):
+        raise UnsupportedError("chunk-level implicit guides mix the base's vocabulary and another one; use guides "
+                               "of one tokenizer at chunk level")
+    return guidance.chunk if all(foreign) else None
 
 
 def _check_weight(weight, where: str) -> None:

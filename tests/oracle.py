@@ -75,11 +75,14 @@ def random_rows(lengths, seed: int = 0, vocab: int = VOCAB) -> list[list[int]]:
     return [rng.integers(2, vocab, size=n).tolist() for n in lengths]
 
 
-def word_tokenizer(words: list[str]):
-    """A transformers fast tokenizer over whitespace-separated words (id = index in `words`)."""
+def word_tokenizer(words: list[str], eos_only: bool = False):
+    """A transformers fast tokenizer over whitespace-separated words (id = index in `words`). `eos_only`: only
+    words[1] is a special token, so every other id survives a decode/encode round trip."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token=words[2]))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if eos_only:
+        return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=words[1])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=words[0], eos_token=words[1], unk_token=words[2])

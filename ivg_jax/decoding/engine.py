@@ -25,9 +25,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.decoding.prompts import encode
+from ivg_jax.decoding.retokenize import HostChunkScorer
 from ivg_jax.decoding.sampling import Sampling, sample, step_keys
 from ivg_jax.errors import InputError
-from ivg_jax.guidance import Guidance, Search, n_chunks, per_prompt_weights, validate
+from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, prefill
@@ -186,25 +187,24 @@ def _reorder(state: DecodeState, rows: jax.Array) -> DecodeState:
         lengths=take(state.lengths), log_ratio=take(state.log_ratio), kl=take(state.kl))
 
 
-def _select(program: Program, state: DecodeState) -> DecodeState:
+def _select(program: Program, state: DecodeState, scores: jax.Array | None = None):
     """Global top-W over each prompt's W·K rows (one parent may fill several slots), each survivor tiled K times;
-    copies 2..K of a finished survivor are duplicates."""
+    copies 2..K of a finished survivor are duplicates. `scores` [R] replaces the in-graph chunk scores (host
+    scorers). Returns (reordered state, the parent row of every new row [R])."""
     width, k = program.width, program.candidates
     n_prompts = state.done.shape[0] // width
-    _, top = jax.lax.top_k(chunk_scores(program, state).reshape(n_prompts, width), program.beams)
+    scores = chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf, scores)
+    _, top = jax.lax.top_k(scores.reshape(n_prompts, width), program.beams)
     parents = jnp.arange(n_prompts)[:, None] * width + top  # [P, W]
     rows = jnp.repeat(parents, k, axis=1).reshape(-1)  # [R]
     child = jnp.tile(jnp.arange(k), n_prompts * program.beams)
     state = _reorder(state, rows)
     return _constrain_rows(program, dataclasses.replace(
-        state, duplicate=state.duplicate | (state.done & (child > 0)), chunk=state.chunk + 1))
+        state, duplicate=state.duplicate | (state.done & (child > 0)), chunk=state.chunk + 1)), rows
 
 
-@functools.partial(jax.jit, static_argnames=("program",))
-def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stop_ids):
-    """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
-    w_explicit [P]; prompt_seeds [P, 2] (seed, index): prompt p's key is fold_in(key(seed), index).
-    Returns the final `DecodeState` (rows R = P·W·K) and the best row per prompt [P]."""
+def _init_state(program: Program, params, prompt_ids, prompt_masks, prompt_seeds) -> DecodeState:
+    """Prefill every model once per prompt (own template) and broadcast to the prompt's W·K rows."""
     width = program.width
     n_prompts = prompt_seeds.shape[0]
     prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(prompt_seeds)
@@ -224,21 +224,41 @@ def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explic
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
         step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros(n_prompts, jnp.int32))
-    state = _constrain_rows(program, state)
-    w_implicit = jnp.take(w_implicit, rows, axis=0)
-    w_explicit = jnp.take(w_explicit, rows, axis=0)
-    step = functools.partial(_token_step, program, params, w_implicit, w_explicit, stop_ids)
+    return _constrain_rows(program, state)
 
-    def run_chunk(state):
-        state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
-        return state
 
-    state = run_chunk(state)
+def _run_chunk(program: Program, params, w_implicit, w_explicit, stop_ids, state: DecodeState) -> DecodeState:
+    """L token steps. w_implicit [P, n_implicit], w_explicit [P] are expanded to the prompt's rows."""
+    rows = jnp.repeat(jnp.arange(w_explicit.shape[0]), program.width)
+    step = functools.partial(_token_step, program, params, jnp.take(w_implicit, rows, axis=0),
+                             jnp.take(w_explicit, rows, axis=0), stop_ids)
+    state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
+    return state
+
+
+def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
+    n_prompts = scores.shape[0] // program.width
+    return jnp.arange(n_prompts) * program.width + jnp.argmax(scores.reshape(n_prompts, program.width), axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("program",))
+def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stop_ids):
+    """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
+    w_explicit [P]; prompt_seeds [P, 2] (seed, index): prompt p's key is fold_in(key(seed), index).
+    Returns the final `DecodeState` (rows R = P·W·K) and the best row per prompt [P]."""
+    chunk = functools.partial(_run_chunk, program, params, w_implicit, w_explicit, stop_ids)
+    state = chunk(_init_state(program, params, prompt_ids, prompt_masks, prompt_seeds))
     state = jax.lax.while_loop(
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
-        lambda s: run_chunk(_select(program, s)), state)
-    best = jnp.argmax(chunk_scores(program, state).reshape(n_prompts, width), axis=1)
-    return state, jnp.arange(n_prompts) * width + best
+        lambda s: chunk(_select(program, s)[0]), state)
+    return state, _best_rows(program, chunk_scores(program, state))
+
+
+# The same pieces, compiled separately, for searches whose chunk scores come from the host between chunks
+# (chunk-level guides with another tokenizer, `ivg_jax.decoding.retokenize`).
+init_state = jax.jit(_init_state, static_argnames=("program",))
+run_chunk = jax.jit(_run_chunk, static_argnames=("program",), donate_argnames=("state",))
+select = jax.jit(lambda program, state, scores: _select(program, state, scores), static_argnums=(0,))
 
 
 @dataclasses.dataclass
@@ -329,6 +349,13 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     guidance = _used_guides(guidance)
     if isinstance(prompts, (str, bytes)) or not len(prompts):
         raise InputError("prompts must be a non-empty list of strings or of token-id lists")
+    # Chunk-level guides of another tokenizer are scored on the host between chunks; the program runs the rest.
+    host_kind = host_scored_kind(base, guidance)
+    host_guidance = guidance
+    if host_kind is not None:
+        guidance = dataclasses.replace(
+            guidance, chunk="none", implicit=() if host_kind == "implicit" else guidance.implicit,
+            explicit=None if host_kind == "explicit" else guidance.explicit)
     n_real = len(prompts)
     n_prompts = prompt_bucket(n_real)
     # Dummy copies of the first prompt fill the bucket, so batches of nearby sizes share one program.
@@ -350,16 +377,9 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         ids.append(put(i, ("batch", None), mesh))
         masks.append(put(k, ("batch", None), mesh))
     n_implicit = len(guidance.implicit)
-    if implicit_weights is None:
-        w_imp = np.stack([per_prompt_weights(g.weight, n_real, f"implicit guide {i} weight")
-                          for i, g in enumerate(guidance.implicit)], axis=1) if n_implicit else \
-            np.zeros((n_real, 0), np.float32)
-    else:
-        w_imp = np.asarray(implicit_weights, np.float32)
-        w_imp = np.broadcast_to(w_imp, (n_real, n_implicit)) if w_imp.ndim == 1 else w_imp
-        if w_imp.shape != (n_real, n_implicit) or not np.all(np.isfinite(w_imp)):
-            raise InputError(f"implicit_weights must be finite with shape [{n_implicit}] or [{n_real}, "
-                             f"{n_implicit}]; got {np.shape(implicit_weights)}")
+    w_imp = _implicit_weights(host_guidance.implicit, implicit_weights, n_real)
+    if host_kind == "implicit":
+        w_host, w_imp = _pad_rows(w_imp, n_prompts), np.zeros((n_real, 0), np.float32)
     w_exp = per_prompt_weights(
         explicit_weight if explicit_weight is not None else
         (guidance.explicit.weight if guidance.explicit is not None else 0.0), n_real, "explicit weight")
@@ -374,11 +394,63 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, mesh=mesh)
     params = tuple((shard_params(m, mesh) if mesh is not None else m).params for m, _ in members)
-    state, best = run(program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
-                      put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh),
-                      put(stops, (None,), mesh))
-    return _result(program, state, to_host(best)[:n_real], base.tokenizer, stop_strings, len(members),
-                   prompt_tokens, n_real)
+    args = (program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
+            put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh), put(stops, (None,), mesh))
+    if host_kind is None:
+        state, best = run(*args)
+        return _result(program, state, to_host(best)[:n_real], base.tokenizer, stop_strings, len(members),
+                       prompt_tokens, n_real)
+    if host_kind == "implicit":
+        g = host_guidance.implicit
+        scorer = HostChunkScorer("implicit", [m for x in g for m in (x.tuned, x.reference)], w_host,
+                                 g[0].template, prompts, program.width, program.n_steps)
+        if any(x.templates != g[0].templates for x in g):
+            raise InputError("chunk-level guides with another tokenizer share one template; got different ones")
+    else:
+        e = host_guidance.explicit
+        scorer = HostChunkScorer("explicit", [e.value], np.zeros((n_prompts, 0)), e.template, prompts,
+                                 program.width, program.n_steps)
+    state, scores = _host_scored_search(args, scorer, base.tokenizer)
+    best = to_host(_best_rows(program, jnp.where(state.duplicate, -jnp.inf, jnp.asarray(scores))))
+    result = _result(program, state, best[:n_real], base.tokenizer, stop_strings, len(members), prompt_tokens,
+                     n_real, scores=scores)
+    result.forward_tokens += scorer.forward_tokens  # includes the dummy rows of the bucket: an upper bound
+    return result
+
+
+def _implicit_weights(guides, override, n_real: int) -> np.ndarray:
+    """[P, n_guides] from the guides' own weights, or from `implicit_weights` ([n_guides] or [P, n_guides])."""
+    n = len(guides)
+    if override is None:
+        if not n:
+            return np.zeros((n_real, 0), np.float32)
+        return np.stack([per_prompt_weights(g.weight, n_real, f"implicit guide {i} weight")
+                         for i, g in enumerate(guides)], axis=1)
+    w = np.asarray(override, np.float32)
+    w = np.broadcast_to(w, (n_real, n)) if w.ndim == 1 else w
+    if w.shape != (n_real, n) or not np.all(np.isfinite(w)):
+        raise InputError(f"implicit_weights must be finite with shape [{n}] or [{n_real}, {n}]; "
+                         f"got {np.shape(override)}")
+    return w
+
+
+def _host_scored_search(args, scorer, tokenizer):
+    """The chunk loop on the host: a compiled chunk, the rows' text re-scored by the scorer (its caches roll
+    forward incrementally), a compiled selection with those scores, the scorer's rows reordered to match."""
+    program, params, ids, masks, w_imp, w_exp, seeds, stops = args
+    state = init_state(program, params, ids, masks, seeds)
+    scores = None
+    for c in range(program.n_chunks):
+        state = run_chunk(program, params, w_imp, w_exp, stops, state)
+        tokens, lengths, done = to_host(state.tokens), to_host(state.lengths), to_host(state.done)
+        ended = done & np.isin(tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)], tokenizer.all_special_ids)
+        texts = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
+        scores = scorer.score(texts, ended)
+        if c + 1 == program.n_chunks or done.all():
+            break
+        state, rows = select(program, state, jnp.asarray(scores))
+        scorer.reorder(to_host(rows))
+    return state, scores
 
 
 def prompt_bucket(n: int) -> int:
@@ -391,10 +463,11 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, n_models: int,
-            prompt_tokens: int, n_real: int) -> Generation:
+            prompt_tokens: int, n_real: int, scores: np.ndarray | None = None) -> Generation:
     host = {k: to_host(v) for k, v in dict(
         tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
-        scores=chunk_scores(program, state), done=state.done, duplicate=state.duplicate, work=state.work).items()}
+        scores=chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf, scores),
+        done=state.done, duplicate=state.duplicate, work=state.work).items()}
     tokens = host["tokens"][best, :program.max_new_tokens]
     lengths = host["lengths"][best]
     texts = None
