@@ -152,6 +152,9 @@ def main():
                     help="default: the embedded SmolLM2 GGUF; random: SmolLM2-135M shapes with random weights and "
                          "token-id prompts (same cost; for machines without the GGUF, e.g. the lent GPU)")
     ap.add_argument("--scaling", action="store_true", help="also measure IVG scaling and plot it")
+    ap.add_argument("--cells", nargs="*", default=None,
+                    help="only these cells, by name prefix (e.g. 'token=implicit, chunk=explicit'); default all")
+    ap.add_argument("--tag", default=None, help="suffix of the result files (default: cpu or gpu)")
     ap.add_argument("--out", default="benchmarks/results", help="directory for the table, JSON and plot")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -178,6 +181,8 @@ def main():
 
     results = []
     for name, guidance, s in cells(models, search):
+        if args.cells and not any(name.startswith(c) for c in args.cells):
+            continue
         p_rows = engine.prompt_bucket(len(prompts)) * s.rows_per_prompt
         n_models = models_of(guidance)
         t0 = time.perf_counter()
@@ -232,7 +237,7 @@ def main():
     lines += ["", "Memory (IVG cell): " + ", ".join(f"{k} {v:.0f}" for k, v in memory.items())]
     table = "\n".join(lines)
     print("\n" + table)
-    tag = "gpu" if jax.default_backend() != "cpu" else "cpu"
+    tag = args.tag or ("gpu" if jax.default_backend() != "cpu" else "cpu")
     with open(os.path.join(args.out, f"engine_overhead_{tag}.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, f"engine_overhead_{tag}.json"), "w") as f:

@@ -164,6 +164,11 @@ def host_scored_kind(base: Model, guidance: Guidance) -> str | None:
     if any(foreign) and not all(foreign):
         raise UnsupportedError("chunk-level implicit guides mix the base's vocabulary and another one; use guides "
                                "of one tokenizer at chunk level")
+    if all(foreign) and guidance.chunk == "implicit":
+        template = guidance.implicit[0].template
+        if any(g.templates != (template, template) for g in guidance.implicit):
+            raise UnsupportedError("chunk-level implicit guides with another tokenizer are re-tokenised with one "
+                                   "template; give every tuned and reference model the same template")
     return guidance.chunk if all(foreign) else None
 
 

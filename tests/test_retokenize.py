@@ -107,3 +107,11 @@ def test_mixed_vocabularies_at_chunk_level_are_refused():
     g = [ivg_jax.ImplicitGuide(_model(1), _model(2)), ivg_jax.ImplicitGuide(_permuted(_model(1)), _permuted(_model(2)))]
     with pytest.raises(ivg_jax.UnsupportedError, match="mix"):
         ivg_jax.generate(base, ["w5"], ivg_jax.Guidance(implicit=g, chunk="implicit"), ivg_jax.Search(2, 2, 3))
+
+
+def test_foreign_guides_with_different_templates_are_refused():
+    base = _model(0)
+    g = [ivg_jax.ImplicitGuide(_permuted(_model(1)), _permuted(_model(2)), template="{prompt} ",
+                               reference_template="Review: {prompt} ")]
+    with pytest.raises(ivg_jax.UnsupportedError, match="one template"):
+        ivg_jax.generate(base, ["w5"], ivg_jax.Guidance(implicit=g, chunk="implicit"), ivg_jax.Search(2, 2, 3))

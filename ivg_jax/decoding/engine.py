@@ -404,8 +404,6 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         g = host_guidance.implicit
         scorer = HostChunkScorer("implicit", [m for x in g for m in (x.tuned, x.reference)], w_host,
                                  g[0].template, prompts, program.width, program.n_steps)
-        if any(x.templates != g[0].templates for x in g):
-            raise InputError("chunk-level guides with another tokenizer share one template; got different ones")
     else:
         e = host_guidance.explicit
         scorer = HostChunkScorer("explicit", [e.value], np.zeros((n_prompts, 0)), e.template, prompts,

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivg_jax.decoding.prompts import encode
 from ivg_jax.errors import InputError
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
@@ -54,7 +55,8 @@ class HostChunkScorer:
         tok = models[0].tokenizer
         self.tokenizer = tok
         contexts = [template.format(prompt=p) for p in prompts]
-        prompt_ids = [tok(c, add_special_tokens=False)["input_ids"] for c in contexts]
+        ids, mask = encode(tok, prompts, template)
+        prompt_ids = [row[m].tolist() for row, m in zip(ids, mask)]
         rows = np.repeat(np.arange(len(prompts)), width)
         self.contexts = [contexts[p] for p in rows]  # rows keep their prompt through every reordering
         self.tokens = [list(prompt_ids[p]) for p in rows]  # guide tokens each row's cache holds
@@ -63,14 +65,8 @@ class HostChunkScorer:
         self.contrib = [[0.0] * (n - 1) for n in self.n_prompt]
         self.values = np.zeros(len(rows), np.float32)
         self.forward_tokens = sum(map(len, prompt_ids)) * len(models)
-        width_tokens = max(map(len, prompt_ids))
-        ids = np.zeros((len(prompts), width_tokens), np.int32)
-        mask = np.zeros_like(ids, bool)
-        for i, t in enumerate(prompt_ids):
-            ids[i, width_tokens - len(t):] = t
-            mask[i, width_tokens - len(t):] = True
         # Re-fed tokens and slots left by rollbacks are not reclaimed: room for the response twice over.
-        self.capacity = width_tokens + 2 * budget_tokens + 16
+        self.capacity = ids.shape[1] + 2 * budget_tokens + 16
         self.caches = []
         for m in models:
             _, cache = prefill(m.graphdef, m.params, jnp.asarray(ids), jnp.asarray(mask), capacity=self.capacity,
