@@ -7,7 +7,6 @@ is refused with instructions to convert it.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax
@@ -63,25 +62,11 @@ class SafetensorsSource:
                 raise CheckpointError(f"{path}: shard listed in the index is missing; download it again")
             try:
                 self._handles[path] = safetensors.safe_open(str(path), framework="numpy")
-            except Exception as e:  # safetensors raises its own error types for bad headers and truncation
+            except Exception as e:  # safetensors checks the header against the file size when opening
                 raise CheckpointError(
                     f"{path}: unreadable safetensors file ({e}); it is truncated or corrupt, download or save it "
                     "again") from e
-            self._check_complete(path)
         return self._handles[path]
-
-    @staticmethod
-    def _check_complete(path: Path) -> None:
-        """A file shorter than its header says holds missing weights: fail now, not halfway through loading."""
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n))
-        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-        size = os.path.getsize(path)
-        if size < 8 + n + end:
-            raise CheckpointError(
-                f"{path}: truncated safetensors file ({size} bytes, header needs {8 + n + end}); "
-                "the download or save was interrupted, fetch it again")
 
     def _collect_keys(self) -> dict[str, Path]:
         if self.file_of is not None:
