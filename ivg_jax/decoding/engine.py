@@ -94,14 +94,22 @@ def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
         return state
     mesh = program.mesh
     rows = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)  # noqa: E731
-    caches = tuple(KVCache(k=constrain(c.k, (None, "batch", "kv_heads", None, None), mesh),
-                           v=constrain(c.v, (None, "batch", "kv_heads", None, None), mesh),
-                           pos=rows(c.pos), index=c.index) for c in state.caches)
-    return dataclasses.replace(
-        state, tokens=rows(state.tokens), caches=caches, outputs=tuple(rows(o) for o in state.outputs),
-        implicit_score=rows(state.implicit_score), value=rows(state.value), done=rows(state.done),
-        duplicate=rows(state.duplicate), lengths=rows(state.lengths), log_ratio=rows(state.log_ratio),
-        kl=rows(state.kl), keys=rows(state.keys))
+    cache = lambda c: KVCache(k=constrain(c.k, (None, "batch", "kv_heads", None, None), mesh),  # noqa: E731
+                              v=constrain(c.v, (None, "batch", "kv_heads", None, None), mesh),
+                              pos=rows(c.pos), index=c.index)
+    return _map_rows(state, rows, cache, HYPOTHESIS_FIELDS + ("keys",))
+
+
+# Per-row fields that belong to a hypothesis and move with it when beams are reordered. `keys` is per row too,
+# but belongs to the slot: children of one parent must keep drawing different samples.
+HYPOTHESIS_FIELDS = ("tokens", "implicit_score", "value", "done", "duplicate", "lengths", "log_ratio", "kl")
+
+
+def _map_rows(state: DecodeState, fn, cache_fn, fields: tuple[str, ...]) -> DecodeState:
+    """Applies `fn` to the named row-axis fields and every model's output, `cache_fn` to every model's cache."""
+    return dataclasses.replace(state, caches=tuple(cache_fn(c) for c in state.caches),
+                               outputs=tuple(fn(o) for o in state.outputs),
+                               **{f: fn(getattr(state, f)) for f in fields})
 
 
 def _log_softmax(x):
@@ -179,12 +187,7 @@ def chunk_scores(program: Program, state: DecodeState) -> jax.Array:
 
 def _reorder(state: DecodeState, rows: jax.Array) -> DecodeState:
     take = functools.partial(jnp.take, indices=rows, axis=0)
-    return dataclasses.replace(
-        state,
-        tokens=take(state.tokens), caches=tuple(c.take(rows) for c in state.caches),
-        outputs=tuple(take(o) for o in state.outputs), implicit_score=take(state.implicit_score),
-        value=take(state.value), done=take(state.done), duplicate=take(state.duplicate),
-        lengths=take(state.lengths), log_ratio=take(state.log_ratio), kl=take(state.kl))
+    return _map_rows(state, take, lambda c: c.take(rows), HYPOTHESIS_FIELDS)
 
 
 def _select(program: Program, state: DecodeState, scores: jax.Array | None = None):
