@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivg_jax.decoding.engine import stop_token_ids
 from ivg_jax.decoding.prompts import encode
 from ivg_jax.decoding.sampling import Sampling, row_keys, sample, step_keys
 from ivg_jax.errors import InputError
@@ -56,7 +57,7 @@ def complete(model: Model, prompts, max_new_tokens: int = 32, sampling: Sampling
     if ids.shape[1] + max_new_tokens > cfg.max_positions:
         raise InputError(f"prompts ({ids.shape[1]} tokens after bucketing) + {max_new_tokens} new tokens exceed the "
                          f"model's context of {cfg.max_positions}; shorten the prompts or max_new_tokens")
-    stops = np.asarray(list(stop_ids if stop_ids is not None else cfg.eos_token_ids) or [-1], np.int32)
+    stops = stop_token_ids(model.tokenizer, (), cfg.eos_token_ids if stop_ids is None else stop_ids)
     tokens, lengths = _sample_loop(model.graphdef, model.params, jnp.asarray(ids), jnp.asarray(mask),
                                    row_keys(seed, ids.shape[0]), jnp.asarray(stops), jnp.int32(pad_id),
                                    max_new_tokens, sampling)
