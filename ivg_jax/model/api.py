@@ -69,3 +69,25 @@ def forward(model: Model, input_ids, attention_mask=None) -> jax.Array:
     if ids.size and (ids.min() < 0 or ids.max() >= cfg.vocab_size):
         raise InputError(f"token ids must lie in [0, {cfg.vocab_size}); got range [{ids.min()}, {ids.max()}]")
     return full_forward(model.graphdef, model.params, jnp.asarray(ids, jnp.int32), jnp.asarray(mask))
+
+
+def attach_head(model: Model, head: str, scale: float = 0.0, seed: int = 0) -> Model:
+    """The same backbone with a new head: "value" (vocab-sized token values, FUDGE) or "scalar" (a sequence
+    reward model), or "lm" back again (tied embeddings or a fresh untied projection).
+
+    New head weights are normal(`scale`) — zero by default, so a fresh value model starts as the constant
+    predictor 0 and its first updates cannot be dominated by random head noise.
+    """
+    if head not in ("lm", "value", "scalar"):
+        raise InputError(f"head must be 'lm', 'value' or 'scalar'; got {head!r}")
+    cfg = model.config.replace(head=head)
+    params = {k: v for k, v in model.params.items() if k not in ("lm_head", "value_head", "score_head")}
+    shape = {"value": (cfg.d_model, cfg.vocab_size), "scalar": (cfg.d_model,),
+             "lm": (cfg.d_model, cfg.vocab_size)}[head]
+    if head != "lm" or not cfg.tie_embeddings:
+        name = {"value": "value_head", "scalar": "score_head", "lm": "lm_head"}[head]
+        weights = scale * jax.random.normal(jax.random.key(seed), shape, jnp.float32) if scale else \
+            jnp.zeros(shape, jnp.float32)
+        params[name] = weights.astype(model.dtype)
+    graphdef, _ = abstract_model(cfg, model.dtype)
+    return Model(cfg, graphdef, params, model.tokenizer, source=f"{model.source} + {head} head")

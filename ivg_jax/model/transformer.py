@@ -44,8 +44,13 @@ class Transformer(nnx.Module):
         elif cfg.head == "scalar":
             self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
 
-    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None):
-        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, K, T, H]."""
+    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0):
+        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, K, T, H].
+
+        `frozen_layers` > 0 (training without a cache) runs the bottom blocks as their own scan and stops the
+        gradient at its output, so backpropagation never enters them: top-N-block training costs a forward of
+        the frozen part, not a backward.
+        """
         cfg = self.cfg
         x = jnp.take(self.embed[...], tokens, axis=0)
         if cfg.positions == "learned":
@@ -59,6 +64,14 @@ class Transformer(nnx.Module):
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
             return x, (k, v)
 
+        if frozen_layers:
+            if cache is not None:
+                raise InputError("frozen_layers is a training option; it cannot be combined with a KV cache")
+            bottom = jax.tree.map(lambda a: a[:frozen_layers], block_params)
+            top = jax.tree.map(lambda a: a[frozen_layers:], block_params)
+            x, (k0, v0) = jax.lax.scan(layer, jax.lax.stop_gradient(x), (bottom, None, None))
+            x, (k1, v1) = jax.lax.scan(layer, jax.lax.stop_gradient(x), (top, None, None))
+            return self.final_norm(x), jnp.concatenate([k0, k1]), jnp.concatenate([v0, v1])
         scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return self.final_norm(x), k, v
@@ -142,3 +155,11 @@ def full_forward(graphdef, params, tokens: jax.Array, mask: jax.Array) -> jax.Ar
     model = nnx.merge(graphdef, params)
     out, _, _ = model(tokens, positions_from_mask(mask))
     return out
+
+
+def train_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, frozen_layers: int = 0) -> jax.Array:
+    """Differentiable head output of a padded batch (call inside a jitted train step): tokens, mask [B, T] ->
+    [B, T, ...] float32. The bottom `frozen_layers` blocks get no gradient and no backward pass."""
+    model = nnx.merge(graphdef, params)
+    h, _, _ = model.hidden(tokens, positions_from_mask(mask), frozen_layers=frozen_layers)
+    return model.head(h)

@@ -1,0 +1,76 @@
+"""Orbax checkpoints of a training run: async saves, keep-last-N plus the best by a validation metric, exact
+resume.
+
+A checkpoint holds the train state (step, trainable params, optimiser state) and a JSON record of everything
+else a resume needs (data-stream position, which fixes the shuffle PRNG; the job fingerprint). Orbax writes each
+step into a temporary directory and renames it only when complete, so a process killed mid-save leaves the
+previous checkpoints intact and the half-written one invisible.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+
+from ivg_jax.errors import CheckpointError
+
+_policies = ocp.checkpoint_managers
+
+
+class Checkpoints:
+    """`directory/<step>/{state,meta}`; `best_metric` (e.g. "val_loss", lower is better) ranks validated steps."""
+
+    def __init__(self, directory: str | Path, keep_last: int = 2, best_metric: str | None = None,
+                 higher_is_better: bool = False, async_save: bool = True):
+        if keep_last < 1:
+            raise CheckpointError(f"keep_last must be >= 1; got {keep_last}")
+        self.best_metric, self.higher_is_better = best_metric, higher_is_better
+        policies = [_policies.LatestN(n=keep_last)]
+        if best_metric:
+            policies.append(_policies.BestN(get_metric_fn=self._metric, reverse=higher_is_better, n=1,
+                                            keep_checkpoints_without_metrics=False))
+        # best_fn also makes Orbax store the metrics with each step (it writes none without it).
+        options = ocp.CheckpointManagerOptions(
+            best_fn=self._metric if best_metric else None, best_mode="max" if higher_is_better else "min",
+            preservation_policy=_policies.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+    def _metric(self, metrics) -> float:
+        value = metrics.get(self.best_metric, math.nan) if metrics else math.nan
+        return float(value) if math.isfinite(value) else (-math.inf if self.higher_is_better else math.inf)
+
+    def save(self, step: int, state, meta: dict, metrics: dict | None = None, wait: bool = False) -> None:
+        """Starts writing `state` (returns while the write continues in the background unless `wait`)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+        if wait:
+            self.manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        """The validated step with the best metric, else the latest."""
+        best = self.manager.best_step() if self.best_metric else None
+        return best if best is not None else self.latest_step()
+
+    def restore(self, step: int, target_state) -> tuple[dict, dict]:
+        """-> (state laid out like `target_state` — same shapes, dtypes and shardings — , meta)."""
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.manager.directory} does not match this job "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()

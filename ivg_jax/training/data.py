@@ -1,0 +1,275 @@
+"""Training data: JSONL records -> token arrays with response-only loss masks -> deterministic, resumable batches.
+
+Schemas (one JSON object per line; extra keys are ignored):
+
+- preference pairs (DPO, reward models): `{"prompt": str, "chosen": str, "rejected": str}`
+- scored responses (FUDGE value models):  `{"prompt": str, "response": str, "reward": number}`
+- SFT text:                               `{"text": str}` (loss on every token) or `{"prompt": str, "response": str}`
+  (loss on the response only)
+
+Any record with a response may carry `"eos": false` when the response was cut off rather than finished; it then
+gets no EOS token (a truncated sample must not teach the model to stop there). Prompts are formatted with the
+model's template and tokenised exactly as the decoder does (`add_special_tokens=False` unless asked), responses
+are tokenised on their own and appended, so training sees the token boundary decoding produces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ivg_jax.errors import InputError
+
+KINDS = ("preference", "scored", "sft")
+_FIELDS = {
+    "preference": (("prompt", str), ("chosen", str), ("rejected", str)),
+    "scored": (("prompt", str), ("response", str), ("reward", (int, float))),
+}
+
+
+def read_jsonl(path: str | Path, kind: str) -> list[dict]:
+    """Every record of a JSONL file, checked against the `kind` schema; errors name the file, line and field."""
+    if kind not in KINDS:
+        raise InputError(f"data kind must be one of {KINDS}; got {kind!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"data file {path} does not exist")
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
+                                 "JSON object") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
+            record = check_record(record, kind, where)
+            record["_line"] = lineno  # so tokenisation errors can name the line too
+            records.append(record)
+    if not records:
+        raise InputError(f"{path} holds no records")
+    return records
+
+
+def check_record(record: dict, kind: str, where: str = "record") -> dict:
+    fields = _FIELDS.get(kind)
+    if kind == "sft":
+        fields = (("text", str),) if "text" in record else (("prompt", str), ("response", str))
+    for name, types in fields:
+        if name not in record:
+            raise InputError(f"{where}: missing field {name!r} (a {kind} record needs "
+                             f"{', '.join(n for n, _ in fields)})")
+        value = record[name]
+        if not isinstance(value, types) or isinstance(value, bool):
+            raise InputError(f"{where}: field {name!r} must be {_type_name(types)}, got {type(value).__name__}")
+        if name in ("chosen", "rejected", "response", "text") and not value.strip():
+            raise InputError(f"{where}: field {name!r} is empty; every example needs a non-empty response")
+        if name == "reward" and not math.isfinite(value):
+            raise InputError(f"{where}: field 'reward' is {value}; rewards must be finite numbers")
+    if "eos" in record and not isinstance(record["eos"], bool):
+        raise InputError(f"{where}: field 'eos' must be true or false, got {record['eos']!r}")
+    return record
+
+
+def _type_name(types) -> str:
+    return "a string" if types is str else "a number"
+
+
+@dataclasses.dataclass(frozen=True)
+class Tokenization:
+    """How one model sees an example: its prompt template, special tokens, EOS id and length limit."""
+
+    template: str = "{prompt}"
+    max_length: int = 256
+    eos_id: int | None = None
+    add_special_tokens: bool = False
+
+    def __post_init__(self):
+        if "{prompt}" not in self.template:
+            raise InputError(f"template {self.template!r} has no '{{prompt}}' field")
+        if self.max_length < 2:
+            raise InputError(f"max_length must be >= 2; got {self.max_length}")
+
+
+def eos_of(model) -> int | None:
+    ids = model.config.eos_token_ids
+    if ids:
+        return int(ids[0])
+    return getattr(model.tokenizer, "eos_token_id", None)
+
+
+def encode_pair(tokenizer, tok: Tokenization, prompt: str | None, response: str, eos: bool = True,
+                where: str = "record", field: str = "response") -> tuple[np.ndarray, np.ndarray]:
+    """-> (ids [T], loss mask [T]): the mask is True on response tokens (EOS included), which are the targets
+    predicted from the position before them. `prompt=None` means plain text with the loss on every token but
+    the first."""
+    if prompt is None:
+        ids = list(tokenizer(response, add_special_tokens=tok.add_special_tokens)["input_ids"])
+        n_prompt = 1
+    else:
+        prompt_ids = list(tokenizer(tok.template.format(prompt=prompt),
+                                    add_special_tokens=tok.add_special_tokens)["input_ids"])
+        if not prompt_ids:
+            raise InputError(f"{where}: the prompt is empty after tokenisation; a response needs a context")
+        if len(prompt_ids) >= tok.max_length:
+            raise InputError(f"{where}: the prompt is {len(prompt_ids)} tokens with its template, but max_length "
+                             f"is {tok.max_length}; raise max_length or shorten the prompt")
+        ids = prompt_ids + list(tokenizer(response, add_special_tokens=False)["input_ids"])
+        n_prompt = len(prompt_ids)
+    if eos:
+        if tok.eos_id is None:
+            raise InputError("the model has no EOS token id; mark responses with \"eos\": false or set eos_id")
+        ids.append(tok.eos_id)
+    if len(ids) <= n_prompt:
+        raise InputError(f"{where}: field {field!r} is empty after tokenisation")
+    if len(ids) > tok.max_length:
+        raise InputError(f"{where}: prompt + {field} is {len(ids)} tokens but max_length is {tok.max_length}; "
+                         "raise max_length or shorten the example")
+    mask = np.zeros(len(ids), bool)
+    mask[n_prompt:] = True
+    return np.asarray(ids, np.int32), mask
+
+
+@dataclasses.dataclass
+class Example:
+    """One training unit: one or two sequences (`ids`, `loss_mask`, each [T]) and an optional scalar target."""
+
+    sequences: tuple[tuple[np.ndarray, np.ndarray], ...]
+    reward: float = 0.0
+    group: int = 0  # examples sharing a prompt share a group (pairwise accuracy of value models)
+    ref_logprobs: tuple[float, ...] | None = None  # DPO: the reference's summed log-probs, when precomputed
+
+    @property
+    def length(self) -> int:
+        return max(len(ids) for ids, _ in self.sequences)
+
+
+def tokenize(records: Sequence[dict], kind: str, tokenizer, tok: Tokenization, source: str = "data") -> list[Example]:
+    """Records of one schema -> Examples (preference: (chosen, rejected); scored: (response,) + reward)."""
+    out = []
+    groups: dict[str, int] = {}
+    for i, r in enumerate(records):
+        group = groups.setdefault(r.get("prompt", r.get("text", "")), len(groups))
+        where = f"{source}:{r['_line']}" if "_line" in r else f"{source} record {i + 1}"
+        eos = r.get("eos", True)
+        if kind == "preference":
+            seqs = tuple(encode_pair(tokenizer, tok, r["prompt"], r[k], eos, where, k) for k in ("chosen", "rejected"))
+            out.append(Example(seqs, group=group))
+        elif kind == "scored":
+            out.append(Example((encode_pair(tokenizer, tok, r["prompt"], r["response"], eos, where),),
+                               float(r["reward"]), group))
+        elif "text" in r:
+            out.append(Example((encode_pair(tokenizer, tok, None, r["text"], eos, where, "text"),)))
+        else:
+            out.append(Example((encode_pair(tokenizer, tok, r["prompt"], r["response"], eos, where),)))
+    return out
+
+
+def load(path, kind: str, tokenizer, tok: Tokenization) -> list[Example]:
+    return tokenize(read_jsonl(path, kind), kind, tokenizer, tok, source=str(path))
+
+
+def collate(examples: Sequence[Example], pad_id: int = 0, multiple: int = 16) -> dict[str, np.ndarray]:
+    """Right-padded arrays, the sequence axis rounded up to `multiple` (few distinct shapes -> few compiles).
+
+    -> tokens, mask, loss_mask: [n_seq * batch, T] (pairs stacked chosen-first: rows [:B] chosen, [B:] rejected,
+    so one forward serves both), reward: [batch].
+    """
+    n_seq = len(examples[0].sequences)
+    width = -(-max(e.length for e in examples) // multiple) * multiple
+    rows = [e.sequences[s] for s in range(n_seq) for e in examples]
+    tokens = np.full((len(rows), width), pad_id, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    loss_mask = np.zeros((len(rows), width), bool)
+    for i, (ids, lm) in enumerate(rows):
+        tokens[i, :len(ids)] = ids
+        mask[i, :len(ids)] = True
+        loss_mask[i, :len(ids)] = lm
+    batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
+             "reward": np.asarray([e.reward for e in examples], np.float32)}
+    if all(e.ref_logprobs is not None for e in examples):
+        batch["ref_logprobs"] = np.asarray([e.ref_logprobs[s] for s in range(n_seq) for e in examples], np.float32)
+    return batch
+
+
+@dataclasses.dataclass
+class DataPosition:
+    """Where the stream stands: the epoch (which fixes its shuffle) and the next batch within it."""
+
+    epoch: int = 0
+    batch: int = 0
+
+
+class Batches:
+    """An endless, deterministic stream of batches over `examples`.
+
+    Each epoch's order is a function of (seed, epoch) only: examples are shuffled, cut into windows of
+    `bucket_window` batches, sorted by length inside a window (similar lengths share a batch, so little padding),
+    batched, and the batches shuffled again. The position (epoch, batch) is all a checkpoint needs to resume
+    the stream exactly. The last partial batch of an epoch is dropped so every step has the same batch size.
+    """
+
+    def __init__(self, examples: Sequence[Example], batch_size: int, seed: int = 0, bucket_window: int = 32,
+                 pad_id: int = 0, multiple: int = 16):
+        if batch_size < 1:
+            raise InputError(f"batch_size must be >= 1; got {batch_size}")
+        if len(examples) < batch_size:
+            raise InputError(f"{len(examples)} examples cannot fill one batch of {batch_size}; lower batch_size")
+        self.examples, self.batch_size, self.seed = list(examples), batch_size, seed
+        self.bucket_window, self.pad_id, self.multiple = bucket_window, pad_id, multiple
+        self.position = DataPosition()
+        self._order_epoch, self._order = -1, []
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.examples) // self.batch_size
+
+    def epoch_order(self, epoch: int) -> list[list[int]]:
+        """The batches (lists of example indices) of one epoch."""
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.examples))
+        window = self.batch_size * self.bucket_window
+        batches = []
+        for start in range(0, self.batches_per_epoch * self.batch_size, window):
+            chunk = order[start:min(start + window, self.batches_per_epoch * self.batch_size)]
+            chunk = sorted(chunk, key=lambda i: (self.examples[i].length, i))
+            batches += [list(chunk[j:j + self.batch_size]) for j in range(0, len(chunk), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        pos = self.position
+        if pos.batch >= self.batches_per_epoch:
+            pos.epoch, pos.batch = pos.epoch + 1, 0
+        if self._order_epoch != pos.epoch:
+            self._order_epoch, self._order = pos.epoch, self.epoch_order(pos.epoch)
+        batch = collate([self.examples[i] for i in self._order[pos.batch]], self.pad_id, self.multiple)
+        pos.batch += 1
+        return batch
+
+    def state(self) -> dict:
+        return dataclasses.asdict(self.position)
+
+    def restore(self, state: dict) -> None:
+        self.position = DataPosition(int(state["epoch"]), int(state["batch"]))
+
+
+def fixed_batches(examples: Sequence[Example], batch_size: int, pad_id: int = 0, multiple: int = 16):
+    """Validation: every example once, in file order -> (batch, n_real). The last batch is filled up with
+    copies of its first example so every batch has one shape; callers keep the first `n_real` results."""
+    for start in range(0, len(examples), batch_size):
+        chunk = list(examples[start:start + batch_size])
+        n_real = len(chunk)
+        chunk += [chunk[0]] * (batch_size - n_real)
+        yield collate(chunk, pad_id, multiple), n_real

@@ -1,0 +1,79 @@
+"""Exact resume (N steps straight == N/2, stop, resume, N/2: identical params and losses) and crash safety of
+checkpoints (SIGKILL during an async save leaves the previous checkpoint loadable)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from synthetic import preference_records, scored_records, tiny_model, write_jsonl
+
+from ivg_jax.training import TrainConfig, train
+from ivg_jax.training.checkpoint import Checkpoints
+
+CASES = {
+    "dpo-full-precomputed": dict(objective="dpo", reference_logprobs="precompute"),
+    "dpo-per-batch-reference": dict(objective="dpo", reference_logprobs="per_batch", train_top_blocks=1),
+    "fudge-top1-accumulate": dict(objective="fudge", train_top_blocks=1, grad_accum=2),
+}
+
+
+def _losses(run_dir):
+    lines = [json.loads(x) for x in open(os.path.join(run_dir, "metrics.jsonl"))]
+    return {x["step"]: x["loss"] for x in lines if x["split"] == "train"}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_stop_and_resume_equals_straight_run(tmp_path, case):
+    kw = CASES[case]
+    records = preference_records(96, 0) if kw["objective"] == "dpo" else scored_records(96, 0)
+    data = write_jsonl(tmp_path / "train.jsonl", records)
+    val = write_jsonl(tmp_path / "val.jsonl", records[:16])
+    base = tiny_model(seed=0, n_layers=3)
+
+    def cfg(name):
+        return TrainConfig(train_data=data, val_data=val, output_dir=str(tmp_path / name), batch_size=8, steps=8,
+                           learning_rate=1e-2, eval_every=2, save_every=4, max_length=16, export=False, **kw)
+
+    straight = train(cfg("straight"), model=base, progress=False)
+    first = train(cfg("resumed"), model=base, progress=False, stop_at_step=3)
+    assert first.final_step == 3 and Checkpoints(tmp_path / "resumed" / "checkpoints").latest_step() == 3
+    resumed = train(cfg("resumed"), model=base, progress=False)
+    assert resumed.final_step == straight.final_step == 8
+    assert resumed.best_step == straight.best_step
+    for a, b in zip(jax.tree.leaves(straight.model.params), jax.tree.leaves(resumed.model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "straight")
+    assert len(_losses(tmp_path / "straight")) == 8
+
+
+def test_resume_with_changed_settings_is_refused(tmp_path):
+    data = write_jsonl(tmp_path / "train.jsonl", preference_records(32, 0))
+    cfg = TrainConfig(objective="dpo", train_data=data, output_dir=str(tmp_path / "run"), batch_size=8, steps=4,
+                      max_length=16, export=False)
+    train(cfg, model=tiny_model(), progress=False, stop_at_step=1)
+    changed = TrainConfig(**{**cfg.__dict__, "learning_rate": 1e-3})
+    with pytest.raises(Exception, match="learning_rate: 0.0005 -> 0.001"):
+        train(changed, model=tiny_model(), progress=False)
+
+
+def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path):
+    directory = tmp_path / "ckpt"
+    proc = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "checkpoint_kill_job.py"),
+                             str(directory)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    for line in proc.stdout:
+        if line.startswith("SAVING"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
+    ckpt = Checkpoints(directory)
+    assert ckpt.latest_step() == 1, "the half-written step 2 must not be listed as a checkpoint"
+    state, meta = ckpt.restore(1, {"w": jax.numpy.zeros(8)})
+    np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(8.0))
+    assert meta["data"] == {"epoch": 0, "batch": 1}
