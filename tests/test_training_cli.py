@@ -1,0 +1,42 @@
+"""The train/ entry points: a tiny exported model trained from the command line (JSON summary, exit 0), and bad
+input answered with one line and exit 2 before any model loads."""
+
+import json
+import os
+import subprocess
+import sys
+
+from synthetic import preference_records, tiny_model, write_jsonl
+
+from ivg_jax.loading import export_hf
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _run(script, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "train", script), *args], capture_output=True,
+                          text=True, env=ENV, timeout=300)
+
+
+def test_dpo_command_trains_and_exports(tmp_path):
+    export_hf(tiny_model(), tmp_path / "tiny")
+    data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
+    proc = _run("dpo.py", "--model", str(tmp_path / "tiny"), "--train-data", data, "--val-data", data,
+                "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--max-length", "16",
+                "--eval-every", "2", "--train-top-blocks", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["final_step"] == 2 and summary["best_step"] == 2
+    assert 0.0 <= summary["best_metrics"]["val_accuracy"] <= 1.0
+    assert os.path.exists(os.path.join(summary["export_dir"], "model.safetensors"))
+
+
+def test_bad_data_exits_2_with_one_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    proc = _run("reward.py", "--model", "/does/not/exist", "--train-data", str(path), "--output-dir",
+                str(tmp_path / "run"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {path}:2: missing field 'rejected' (a preference record " \
+                                                   "needs prompt, chosen, rejected)"

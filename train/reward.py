@@ -1,0 +1,13 @@
+"""Bradley-Terry sequence reward model (a judge) from preference pairs {prompt, chosen, rejected}.
+
+    python train/reward.py --train-data FILE.jsonl --output-dir RUN [--val-data FILE.jsonl] [--model PATH] ...
+
+Flags mirror `ivg_jax.training.TrainConfig` (`--help` lists them); the run resumes when rerun.
+"""
+
+import sys
+
+from ivg_jax.cli.train import main
+
+if __name__ == "__main__":
+    sys.exit(main("reward", description=__doc__))
