@@ -1,0 +1,1 @@
+"""Evaluation: gold rewards, bootstrap intervals, fluency (base-model NLL), diversity (distinct-n)."""

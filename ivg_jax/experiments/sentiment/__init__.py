@@ -1,0 +1,5 @@
+"""Controlled sentiment (the paper's IMDB task) on SmolLM2 with VADER as the gold judge."""
+
+from ivg_jax.experiments.sentiment.pipeline import METHODS, PRESETS, STAGES, SentimentConfig, run
+
+__all__ = ["METHODS", "PRESETS", "STAGES", "SentimentConfig", "run"]

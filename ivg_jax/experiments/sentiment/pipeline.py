@@ -1,0 +1,458 @@
+"""The paper's controlled-sentiment experiment, offline: SmolLM2 continues movie-review openings, VADER judges.
+
+Stages (each resumable; all outputs under one run directory; `stages/<name>.json` marks a finished stage):
+
+    sample    two continuations per train / validation prompt from the untuned model (guide template), scored
+    label     Bradley–Terry preference pairs drawn from the gold reward (p(y1 ≻ y2) = σ(r1 − r2)); scored responses
+    dpo       DPO-train the implicit guide (tuned vs the untuned model as reference)
+    fudge     train the explicit token-value model on the scored responses
+    decode    the test prompts with every method (base, best-of-N, EFT, CBS-implicit, CBS-explicit, IVG, reversed IVG)
+    evaluate  gold reward with 95% bootstrap intervals, base-model NLL, KL, distinct-2/3, compute; table + plots
+
+Long stages write parts (one per batch of prompts) with atomic renames and skip the parts that exist, so an
+interrupted run loses at most one batch; the training stages resume from their Orbax checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ivg_jax.errors import InputError
+
+STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
+METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
+METHOD_LABELS = {
+    "base": "base (plain sampling)", "bon": "best-of-{n} (explicit value)", "eft": "EFT (implicit, token level)",
+    "cbs_implicit": "CBS implicit", "cbs_explicit": "CBS explicit", "ivg": "IVG (implicit token + explicit chunk)",
+    "ivg_reversed": "reversed IVG (explicit token + implicit chunk)",
+}
+PROMPTS_DIR = Path(__file__).parent / "prompts"
+
+
+@dataclasses.dataclass(frozen=True)
+class SentimentConfig:
+    """Every setting of one run. Defaults are the full run; `PRESETS["fast"]` is the README's main job."""
+
+    run_dir: str
+    model: str = ""  # the base, the reference and the starting point of both guides; "" = embedded SmolLM2
+    prompts_dir: str = ""  # train.txt / val.txt / test.txt; "" = the shipped openings
+    n_train: int = 400
+    n_val: int = 100
+    n_test: int = 200
+    samples_per_prompt: int = 2
+    sample_temperature: float = 1.0
+    max_new_tokens: int = 50
+    temperature: float = 0.7
+    base_template: str = "Here is a movie review from imdb: {prompt}"
+    guide_template: str = "{prompt}"
+    stop_string: str = "\n\n"
+    beams: int = 4
+    candidates: int = 4
+    chunk_length: int = 5
+    bon_n: int = 16
+    implicit_weight: float = 1.0
+    explicit_weight: float = 1.0
+    dpo_beta: float = 0.1
+    dpo_learning_rate: float = 5e-4
+    dpo_epochs: float = 3.0
+    fudge_learning_rate: float = 5e-4
+    fudge_epochs: float = 3.0
+    train_batch_size: int = 16
+    train_top_blocks: int | None = 4
+    sample_batch: int = 32
+    decode_batch: int = 8
+    methods: str = ",".join(METHODS)
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [m for m in self.method_list if m not in METHODS]
+        if unknown:
+            raise InputError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+        for name in ("n_train", "n_val", "n_test", "samples_per_prompt", "max_new_tokens", "beams", "candidates",
+                     "chunk_length", "bon_n", "train_batch_size", "sample_batch", "decode_batch"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.samples_per_prompt < 2:
+            raise InputError("samples_per_prompt must be >= 2: preference pairs need two responses per prompt")
+
+    @property
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.run_dir)
+
+
+PRESETS = {
+    "full": {},
+    # The README's main job: minutes on 2 CPU cores, every stage and method, small sizes.
+    "fast": dict(n_train=48, n_val=16, n_test=12, max_new_tokens=24, dpo_epochs=2.0, fudge_epochs=2.0,
+                 dpo_learning_rate=1e-3, fudge_learning_rate=1e-3, train_batch_size=8, train_top_blocks=2,
+                 sample_batch=48, decode_batch=12, beams=2, candidates=4, chunk_length=6, bon_n=8),
+}
+
+
+# ---------------------------------------------------------------------------------------------- run directory
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
+    _atomic_write(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def stage_done(cfg: SentimentConfig, stage: str) -> bool:
+    return (cfg.path / "stages" / f"{stage}.json").exists()
+
+
+def _mark_done(cfg: SentimentConfig, stage: str, summary: dict) -> None:
+    _atomic_write(cfg.path / "stages" / f"{stage}.json", json.dumps(summary, indent=2))
+
+
+def _check_config(cfg: SentimentConfig) -> None:
+    """A run directory belongs to one configuration: resuming with other settings would mix results."""
+    path = cfg.path / "config.json"
+    mine = dataclasses.asdict(cfg) | {"run_dir": None}
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            raise InputError(f"{cfg.path} holds a run with other settings ({detail}); use another --run-dir")
+    else:
+        _atomic_write(path, json.dumps(mine, indent=2))
+
+
+def load_prompts(cfg: SentimentConfig, split: str) -> list[str]:
+    directory = Path(cfg.prompts_dir) if cfg.prompts_dir else PROMPTS_DIR
+    path = directory / f"{split}.txt"
+    if not path.exists():
+        raise InputError(f"prompt file {path} is missing (need train.txt, val.txt, test.txt)")
+    prompts = [x.strip() for x in path.read_text().splitlines() if x.strip()]
+    n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
+    if len(prompts) < n:
+        raise InputError(f"{path} has {len(prompts)} prompts but the run asks for {n} ({split}); lower n_{split}")
+    return prompts[:n]
+
+
+# -------------------------------------------------------------------------------------------------- models
+
+class Models:
+    """Loads each model once per process, on first use."""
+
+    def __init__(self, cfg: SentimentConfig):
+        self.cfg, self._cache = cfg, {}
+
+    def _load(self, key: str, source):
+        if key not in self._cache:
+            import ivg_jax
+
+            self._cache[key] = ivg_jax.load_model(source, dtype=self.cfg.dtype)
+        return self._cache[key]
+
+    @property
+    def base_source(self):
+        if self.cfg.model:
+            return self.cfg.model
+        from ivg_jax.defaults import default_model_path
+
+        return str(default_model_path())
+
+    def base(self):
+        return self._load("base", self.base_source)
+
+    def tuned(self):
+        return self._load("tuned", str(self.cfg.path / "dpo" / "export"))
+
+    def value(self):
+        return self._load("value", str(self.cfg.path / "fudge" / "export"))
+
+
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="prompt", dynamic_ncols=True)
+
+
+def _in_parts(parts_dir: Path, items: Sequence, batch: int, desc: str, progress: bool,
+              work: Callable[[int, Sequence], list[dict]]) -> list[dict]:
+    """Runs `work(first_index, chunk)` per batch, each result saved as its own part; existing parts are reused."""
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    starts = list(range(0, len(items), batch))
+    done = {s for s in starts if (parts_dir / f"part-{s:06d}.jsonl").exists()}
+    bar = _progress(len(items), desc, progress, sum(min(batch, len(items) - s) for s in done))
+    rows = []
+    for s in starts:
+        part = parts_dir / f"part-{s:06d}.jsonl"
+        if s not in done:
+            _write_jsonl(part, work(s, items[s:s + batch]))
+            bar.update(min(batch, len(items) - s))
+        rows += read_jsonl(part)
+    bar.close()
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------- stages
+
+def stage_sample(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
+    import ivg_jax
+    from ivg_jax.evaluation.sentiment import VaderReward
+
+    gold = VaderReward()
+    base = models.base()
+    n = cfg.samples_per_prompt
+    summary = {}
+    for split in ("train", "val"):
+        prompts = load_prompts(cfg, split)
+
+        def work(first: int, chunk: Sequence[str], split=split) -> list[dict]:
+            rows = [p for p in chunk for _ in range(n)]
+            seeds = [_hash_seed(cfg.seed, split, first + i // n, i % n) % 2**31 for i in range(len(rows))]
+            out = ivg_jax.generate(base, rows, ivg_jax.Guidance(base_template=cfg.guide_template),
+                                   sampling=ivg_jax.Sampling(cfg.sample_temperature),
+                                   max_new_tokens=cfg.max_new_tokens, seed=seeds, stop_strings=[cfg.stop_string])
+            rewards = gold([p + t for p, t in zip(rows, out.texts)])
+            ended = (out.lengths < cfg.max_new_tokens).tolist()
+            return [{"prompt": p, "responses": out.texts[i * n:(i + 1) * n],
+                     "rewards": rewards[i * n:(i + 1) * n].tolist(), "ended": ended[i * n:(i + 1) * n]}
+                    for i, p in enumerate(chunk)]
+
+        rows = _in_parts(cfg.path / "samples" / f"{split}.parts", prompts, cfg.sample_batch, f"sample {split}",
+                         progress, work)
+        _write_jsonl(cfg.path / "samples" / f"{split}.jsonl", rows)
+        rewards = np.asarray([r for row in rows for r in row["rewards"]])
+        summary[split] = {"prompts": len(rows), "responses": int(rewards.size), "mean_reward": float(rewards.mean())}
+    return summary
+
+
+def _hash_seed(*parts) -> int:
+    import zlib
+
+    return zlib.crc32(json.dumps(parts).encode())
+
+
+def stage_label(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
+    """Bradley–Terry labels from the gold reward; responses that are empty after trimming are dropped."""
+    summary = {}
+    for split in ("train", "val"):
+        rng = np.random.default_rng(_hash_seed(cfg.seed, "label", split))
+        pairs, scored, agree, dropped = [], [], 0, 0
+        for row in read_jsonl(cfg.path / "samples" / f"{split}.jsonl"):
+            kept = [(t, r, e) for t, r, e in zip(row["responses"], row["rewards"], row["ended"]) if t.strip()]
+            dropped += len(row["responses"]) - len(kept)
+            scored += [{"prompt": row["prompt"], "response": t, "reward": r, "eos": e} for t, r, e in kept]
+            if len(kept) < 2:
+                continue
+            (t1, r1, e1), (t2, r2, e2) = kept[:2]
+            first_wins = rng.random() < 1 / (1 + math.exp(-(r1 - r2)))
+            agree += first_wins == (r1 >= r2)
+            chosen, rejected = ((t1, e1), (t2, e2)) if first_wins else ((t2, e2), (t1, e1))
+            # A pair shares one "eos" flag in the schema; keep EOS only when both responses ended naturally.
+            pairs.append({"prompt": row["prompt"], "chosen": chosen[0], "rejected": rejected[0],
+                          "eos": bool(chosen[1] and rejected[1])})
+        if not pairs:
+            raise InputError(f"no {split} prompt has two non-empty responses; sample more or longer continuations")
+        _write_jsonl(cfg.path / "data" / f"pairs_{split}.jsonl", pairs)
+        _write_jsonl(cfg.path / "data" / f"scored_{split}.jsonl", scored)
+        summary[split] = {"pairs": len(pairs), "scored": len(scored), "dropped_empty": dropped,
+                          "labels_agreeing_with_argmax": agree / len(pairs)}
+    return summary
+
+
+def _train_config(cfg: SentimentConfig, objective: str):
+    from ivg_jax.training import TrainConfig
+
+    kind = "pairs" if objective == "dpo" else "scored"
+    n_train = len(read_jsonl(cfg.path / "data" / f"{kind}_train.jsonl"))
+    steps_per_epoch = max(1, n_train // cfg.train_batch_size)
+    epochs = cfg.dpo_epochs if objective == "dpo" else cfg.fudge_epochs
+    total = max(1, int(math.ceil(epochs * steps_per_epoch)))
+    every = max(1, min(total, steps_per_epoch // 2 or 1))
+    return TrainConfig(
+        objective=objective, model=models_source(cfg), train_data=str(cfg.path / "data" / f"{kind}_train.jsonl"),
+        val_data=str(cfg.path / "data" / f"{kind}_val.jsonl"), output_dir=str(cfg.path / objective),
+        template=cfg.guide_template, max_length=cfg.max_new_tokens + 64, batch_size=cfg.train_batch_size,
+        epochs=epochs, learning_rate=cfg.dpo_learning_rate if objective == "dpo" else cfg.fudge_learning_rate,
+        beta=cfg.dpo_beta, train_top_blocks=cfg.train_top_blocks, dtype=cfg.dtype, seed=cfg.seed,
+        eval_every=every, save_every=every, keep_last=1)
+
+
+def models_source(cfg: SentimentConfig) -> str:
+    return Models(cfg).base_source
+
+
+def _stage_train(objective: str):
+    def stage(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
+        from ivg_jax.training import train
+
+        base = models.base()
+        result = train(_train_config(cfg, objective), model=base, progress=progress)
+        return {"best_step": result.best_step, "final_step": result.final_step, "best_metrics": result.best_metrics}
+
+    return stage
+
+
+def method_setup(cfg: SentimentConfig, models: Models, method: str):
+    """-> (Guidance, Search) of one method of the grid."""
+    import ivg_jax
+
+    implicit = [ivg_jax.ImplicitGuide(models.tuned(), models.base(), cfg.implicit_weight,
+                                      template=cfg.guide_template)] if method in (
+        "eft", "cbs_implicit", "ivg", "ivg_reversed") else []
+    explicit = ivg_jax.ExplicitGuide(models.value(), cfg.explicit_weight, template=cfg.guide_template) \
+        if method in ("bon", "cbs_explicit", "ivg", "ivg_reversed") else None
+    beam = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
+    token, chunk, search = {
+        "base": ("none", "none", ivg_jax.Search()),
+        "bon": ("none", "explicit", ivg_jax.best_of_n(cfg.bon_n)),
+        "eft": ("implicit", "none", ivg_jax.Search()),
+        "cbs_implicit": ("none", "implicit", beam),
+        "cbs_explicit": ("none", "explicit", beam),
+        "ivg": ("implicit", "explicit", beam),
+        "ivg_reversed": ("explicit", "implicit", beam),
+    }[method]
+    return ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=token, chunk=chunk,
+                            base_template=cfg.base_template), search
+
+
+def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
+    import ivg_jax
+
+    prompts = load_prompts(cfg, "test")
+    summary = {}
+    for method in cfg.method_list:
+        out_path = cfg.path / "decode" / f"{method}.jsonl"
+        if not out_path.exists():
+            guidance, search = method_setup(cfg, models, method)
+            t0 = time.perf_counter()
+
+            def work(first: int, chunk: Sequence[str], guidance=guidance, search=search) -> list[dict]:
+                seeds = [_hash_seed(cfg.seed, "test", first + i) % 2**31 for i in range(len(chunk))]
+                out = ivg_jax.generate(models.base(), list(chunk), guidance, search, ivg_jax.Sampling(cfg.temperature),
+                                       max_new_tokens=cfg.max_new_tokens, seed=seeds, stop_strings=[cfg.stop_string])
+                per_prompt = out.forward_tokens / len(chunk)
+                return [{"prompt": p, "text": out.texts[i], "tokens": out.tokens[i, :out.lengths[i]].tolist(),
+                         "kl": float(out.kl[i].sum()), "score": float(out.scores[i]),
+                         "forward_tokens": per_prompt} for i, p in enumerate(chunk)]
+
+            _write_jsonl(out_path, _in_parts(cfg.path / "decode" / f"{method}.parts", prompts, cfg.decode_batch,
+                                             f"decode {method}", progress, work))
+            summary[method] = {"seconds": time.perf_counter() - t0}
+    return summary
+
+
+def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
+    from ivg_jax.evaluation.metrics import bootstrap_ci, continuation_nll, distinct_n
+    from ivg_jax.evaluation.sentiment import VaderReward
+
+    gold = VaderReward()
+    results = {}
+    for method in cfg.method_list:
+        rows = read_jsonl(cfg.path / "decode" / f"{method}.jsonl")
+        rewards = gold([r["prompt"] + r["text"] for r in rows])
+        nll = continuation_nll(models.base(), [r["prompt"] for r in rows], [r["tokens"] for r in rows],
+                               cfg.base_template)
+        mean, lo, hi = bootstrap_ci(rewards, seed=_hash_seed(cfg.seed, method))
+        texts = [r["text"] for r in rows]
+        results[method] = {"reward": mean, "reward_ci": [lo, hi], "nll": float(np.nanmean(nll)),
+                           "kl": float(np.mean([r["kl"] for r in rows])), "distinct_2": distinct_n(texts, 2),
+                           "distinct_3": distinct_n(texts, 3),
+                           "forward_tokens": float(np.mean([r["forward_tokens"] for r in rows])),
+                           "prompts": len(rows)}
+    table = results_table(cfg, results)
+    _atomic_write(cfg.path / "results.json", json.dumps(results, indent=2))
+    _atomic_write(cfg.path / "results.md", table + "\n")
+    plot_results(cfg, results)
+    return {"table": table}
+
+
+STAGE_FNS = {"sample": stage_sample, "label": stage_label, "dpo": _stage_train("dpo"),
+             "fudge": _stage_train("fudge"), "decode": stage_decode, "evaluate": stage_evaluate}
+
+
+# ------------------------------------------------------------------------------------------------- reporting
+
+def results_table(cfg: SentimentConfig, results: dict) -> str:
+    base = results.get("base")
+    lines = ["| method | gold reward (95% CI) | NLL (nats/token) | ΔNLL vs base | KL(guided‖base) (nats) "
+             "| distinct-2 | distinct-3 | forward tokens / prompt |", "|---|---|---|---|---|---|---|---|"]
+    for method, r in results.items():
+        label = METHOD_LABELS[method].format(n=cfg.bon_n)
+        delta = f"{r['nll'] - base['nll']:+.2f}" if base else "—"
+        lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
+                     f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
+                     f"| {r['forward_tokens']:.0f} |")
+    return "\n".join(lines)
+
+
+def plot_results(cfg: SentimentConfig, results: dict) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    for x_key, x_label, name in (("kl", "KL(guided ‖ base), nats per response", "reward_vs_kl.png"),
+                                 ("forward_tokens", "model forward tokens per prompt", "reward_vs_compute.png")):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for method, r in results.items():
+            lo, hi = r["reward_ci"]
+            ax.errorbar(r[x_key], r["reward"], yerr=[[r["reward"] - lo], [hi - r["reward"]]], fmt="o", capsize=3,
+                        label=METHOD_LABELS[method].format(n=cfg.bon_n))
+        if x_key == "forward_tokens":
+            ax.set_xscale("log")
+        ax.set_xlabel(x_label)
+        ax.set_ylabel("gold reward (VADER logit), mean ± 95% CI")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(cfg.path / name, dpi=120)
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------------------------ run
+
+def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = True,
+        log: Callable[[str], None] = print) -> dict:
+    """Runs the requested stages in order, skipping finished ones. -> {stage: summary}."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise InputError(f"unknown stages {unknown}; the pipeline's stages are {', '.join(STAGES)}")
+    for split in ("train", "val", "test"):
+        load_prompts(cfg, split)  # cheap checks before any model loads
+    cfg.path.mkdir(parents=True, exist_ok=True)
+    _check_config(cfg)
+    models = Models(cfg)
+    summaries = {}
+    for stage in STAGES:
+        if stage not in stages:
+            continue
+        marker = cfg.path / "stages" / f"{stage}.json"
+        if marker.exists():
+            summaries[stage] = json.loads(marker.read_text())
+            log(f"[{stage}] done earlier ({marker})")
+            continue
+        t0 = time.perf_counter()
+        summary = STAGE_FNS[stage](cfg, models, progress) | {"seconds": round(time.perf_counter() - t0, 1)}
+        _mark_done(cfg, stage, summary)
+        summaries[stage] = summary
+        log(f"[{stage}] {summary['seconds']:.0f} s")
+    return summaries
