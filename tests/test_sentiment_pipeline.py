@@ -2,6 +2,9 @@
 has something to judge): every stage on real files, each stage's output contract checked, then resume."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,6 +19,7 @@ from ivg_jax.experiments.sentiment.pipeline import read_jsonl
 from ivg_jax.loading import export_hf
 from ivg_jax.training.data import check_record
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["<pad>", "<eos>", "<unk>", "good", "great", "love", "wonderful", "awful", "bad", "boring", "terrible",
          "the", "movie", "film", "was", "is", "and", "a", "plot", "acting", "story", "music", "very", "not", "it"]
 
@@ -31,17 +35,24 @@ def pipeline_run(tmp_path_factory):
         prompts = [" ".join(rng.choice(WORDS[11:], 3)) for _ in range(n)]
         (root / "prompts").mkdir(exist_ok=True)
         (root / "prompts" / f"{split}.txt").write_text("\n".join(prompts) + "\n")
-    config = SentimentConfig(
-        run_dir=str(root / "run"), model=str(root / "tiny"), prompts_dir=str(root / "prompts"), n_train=8, n_val=4,
-        n_test=4, max_new_tokens=6, beams=2, candidates=2, chunk_length=3, bon_n=4, train_batch_size=4,
-        train_top_blocks=1, dpo_epochs=2, fudge_epochs=2, sample_batch=4, decode_batch=4, base_template="the {prompt}")
+    settings = dict(run_dir=str(root / "run"), model=str(root / "tiny"), prompts_dir=str(root / "prompts"), n_train=8,
+                    n_val=4, n_test=4, max_new_tokens=6, beams=2, candidates=2, chunk_length=3, bon_n=4,
+                    train_batch_size=4, train_top_blocks=1, dpo_epochs=2.0, fudge_epochs=2.0, sample_batch=4,
+                    decode_batch=4, base_template="the {prompt}")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     t0 = time.perf_counter()
-    summaries = run(config, progress=False, log=lambda _: None)
-    return config, summaries, time.perf_counter() - t0
+    # The main job's command line, as a user runs it (the full preset's settings overridden by the tiny ones).
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "decode", "sentiment.py"), "--preset", "full",
+                           "--quiet", *flags], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = SentimentConfig(**settings)
+    summaries = {p.stem: json.loads(p.read_text()) for p in (config.path / "stages").glob("*.json")}
+    return config, summaries, seconds, proc.stdout
 
 
 def test_every_stage_meets_its_contract(pipeline_run):
-    cfg, summaries, seconds = pipeline_run
+    cfg, summaries, seconds, stdout = pipeline_run
     d = cfg.path
     assert seconds < 120, f"the tiny pipeline took {seconds:.0f} s"
     assert set(summaries) == {"sample", "label", "dpo", "fudge", "decode", "evaluate"}
@@ -79,11 +90,12 @@ def test_every_stage_meets_its_contract(pipeline_run):
         assert results[m]["reward_ci"][0] <= results[m]["reward"] <= results[m]["reward_ci"][1]
     table = (d / "results.md").read_text().strip().splitlines()
     assert len(table) == 2 + len(METHODS)
+    assert "\n".join(table) in stdout  # the command ends by printing the table
     assert (d / "reward_vs_kl.png").stat().st_size > 0 and (d / "reward_vs_compute.png").stat().st_size > 0
 
 
 def test_rerun_resumes_and_redoes_only_what_is_missing(pipeline_run):
-    cfg, _, _ = pipeline_run
+    cfg, _, _, _ = pipeline_run
     d = cfg.path
     before = (d / "decode" / "ivg.jsonl").read_text()
     (d / "decode" / "ivg.jsonl").unlink()
@@ -97,3 +109,11 @@ def test_rerun_resumes_and_redoes_only_what_is_missing(pipeline_run):
     assert sum("done earlier" in x for x in lines) == 4
     with pytest.raises(ivg_jax.IvgError, match="other settings"):
         run(SentimentConfig(**{**cfg.__dict__, "n_test": 3}), progress=False)
+
+
+def test_command_rejects_bad_settings_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "decode", "sentiment.py"), "--methods", "base,magic",
+                           "--run-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown methods ['magic']")
+    assert not (tmp_path / "run").exists()
