@@ -1,0 +1,167 @@
+"""Ready settings for the paper's three tasks, for users with the checkpoints and accelerators.
+
+A recipe names the models (hub ids, or paths you pass instead), each model's prompt template, where guidance
+acts (token / chunk level), the search shape and the sampling settings of spec §4, and the output format.
+`run_recipe` reads prompts from JSONL, decodes them in batches with the IVG engine and writes the outputs
+(AlpacaEval's `model_outputs.json` format for the instruction-following recipes).
+
+Guides whose tokenizer differs from the base's (Tulu-2 is Llama-2-based, Mistral has its own tokenizer) can
+only act at chunk level — the engine re-tokenises each chunk for them — so the AlpacaEval recipes run
+weak-to-strong search with the Tulu-2 DPO/SFT pair (the setting of spec §7's numbers); token-level guidance
+needs guides of the base's vocabulary and is refused otherwise with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+from ivg_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    task: str
+    base: str
+    tuned: str | None = None  # implicit guide: DPO-tuned model ...
+    reference: str | None = None  # ... and its reference
+    value: str | None = None  # explicit guide: a token-level value model
+    record_template: str = "{prompt}"  # JSONL record fields -> the raw prompt x
+    base_template: str = "{prompt}"
+    guide_template: str = "{prompt}"
+    token: str = "implicit"
+    chunk: str = "explicit"
+    beams: int = 4
+    candidates: int = 4
+    chunk_length: int = 5
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 50
+    implicit_weight: float = 1.0
+    explicit_weight: float = 1.0
+    stop_strings: tuple[str, ...] = ()
+    output_format: str = "jsonl"  # or "alpaca_eval"
+    notes: str = ""
+
+
+_TULU_TEMPLATE = "<|user|>\n{prompt}\n<|assistant|>\n"
+_ALPACA = dict(task="instruction following (AlpacaEval 2.0)", tuned="allenai/tulu-2-dpo-7b",
+               reference="allenai/tulu-2-7b", record_template="{instruction}", guide_template=_TULU_TEMPLATE,
+               token="none", chunk="implicit", beams=2, candidates=2, chunk_length=30, temperature=0.7, top_k=50,
+               top_p=1.0, max_new_tokens=1024, output_format="alpaca_eval",
+               notes="Tulu-2 guides re-tokenised per chunk (another tokenizer than the base); submit the output "
+                     "file to alpaca_eval (GPT-4 judge).")
+
+RECIPES = {
+    "imdb_gpt2": Recipe(
+        name="imdb_gpt2", task="controlled sentiment (IMDB)", base="openai-community/gpt2-large",
+        tuned="runs/gpt2-imdb-dpo/export", reference="openai-community/gpt2", value="runs/gpt2-imdb-value/export",
+        base_template="Here is a movie review from imdb: {prompt}", max_new_tokens=50,
+        notes="guides: GPT-2 (124M) trained with train/dpo.py and train/fudge.py on IMDB samples; gold reward: "
+              "a sentiment classifier's positive-minus-negative logit."),
+    "tldr_gpt2": Recipe(
+        name="tldr_gpt2", task="summarization (TL;DR)", base="openai-community/gpt2-xl",
+        tuned="runs/gpt2-tldr-dpo/export", reference="openai-community/gpt2", value="runs/gpt2-tldr-value/export",
+        record_template="SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:", max_new_tokens=128,
+        implicit_weight=0.25, stop_strings=("\n",),
+        notes="guides: GPT-2 DPO / value models trained on the TL;DR comparisons; the judge is a reward model."),
+    "alpaca_eval_mistral": Recipe(name="alpaca_eval_mistral", base="mistralai/Mistral-7B-Instruct-v0.2",
+                                  base_template="[INST] {prompt} [/INST]", **_ALPACA),
+    "alpaca_eval_mixtral": Recipe(name="alpaca_eval_mixtral", base="mistralai/Mixtral-8x7B-Instruct-v0.1",
+                                  base_template="[INST] {prompt} [/INST]", **_ALPACA),
+}
+
+
+def read_prompts(path: str | Path, recipe: Recipe, limit: int | None = None) -> tuple[list[dict], list[str]]:
+    """JSONL records -> (records, raw prompts x); a record missing a field of the recipe's template is named."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompt file {path} does not exist")
+    records, prompts = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise InputError(f"{path}:{lineno}: expected a JSON object")
+        try:
+            prompts.append(recipe.record_template.format(**record))
+        except KeyError as e:
+            raise InputError(f"{path}:{lineno}: missing field {e.args[0]!r} (recipe {recipe.name} formats "
+                             f"{recipe.record_template!r})") from None
+        records.append(record)
+        if limit is not None and len(records) >= limit:
+            break
+    if not records:
+        raise InputError(f"{path} holds no prompts")
+    return records, prompts
+
+
+def build(recipe: Recipe, models: dict):
+    """-> (Guidance, Search, Sampling) with the loaded `models` {"tuned", "reference", "value"} (None if unused)."""
+    import ivg_jax
+
+    modes = (recipe.token, recipe.chunk)
+    implicit = []
+    if "implicit" in modes:
+        implicit = [ivg_jax.ImplicitGuide(models["tuned"], models["reference"], recipe.implicit_weight,
+                                          template=recipe.guide_template)]
+    explicit = None
+    if "explicit" in modes:
+        explicit = ivg_jax.ExplicitGuide(models["value"], recipe.explicit_weight, template=recipe.guide_template)
+    guidance = ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=recipe.token, chunk=recipe.chunk,
+                                base_template=recipe.base_template)
+    search = ivg_jax.Search(recipe.beams, recipe.candidates, recipe.chunk_length)
+    sampling = ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)
+    return guidance, search, sampling
+
+
+def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path, model_paths: dict | None = None,
+               limit: int | None = None, batch_size: int = 4, seed: int = 0, dtype: str = "float32",
+               progress: bool = True, **overrides) -> Path:
+    """Decodes every prompt of the file with the recipe and writes the outputs.
+
+    `model_paths` replaces the recipe's model ids ({"base", "tuned", "reference", "value"}); `overrides` replaces
+    recipe fields (e.g. max_new_tokens). Output: JSONL `{..record, "output"}` or AlpacaEval's JSON list of
+    `{"instruction", "output", "generator"}`.
+    """
+    import ivg_jax
+
+    recipe = dataclasses.replace(recipe, **overrides)
+    records, prompts = read_prompts(prompts_path, recipe, limit)
+    sources = {k: (model_paths or {}).get(k) or getattr(recipe, k) for k in ("base", "tuned", "reference", "value")}
+    needed = {"base"} | ({"tuned", "reference"} if "implicit" in (recipe.token, recipe.chunk) else set()) | (
+        {"value"} if "explicit" in (recipe.token, recipe.chunk) else set())
+    missing = [k for k in sorted(needed) if not sources[k]]
+    if missing:
+        raise InputError(f"recipe {recipe.name} needs models for {missing}; pass their paths")
+    models = {k: ivg_jax.load_model(sources[k], dtype=dtype) for k in needed}
+    guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
+    from tqdm.auto import tqdm
+
+    outputs = []
+    for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=recipe.name):
+        chunk = prompts[start:start + batch_size]
+        out = ivg_jax.generate(models["base"], chunk, guidance, search, sampling, max_new_tokens=recipe.max_new_tokens,
+                               seed=[seed + start + i for i in range(len(chunk))],
+                               stop_strings=list(recipe.stop_strings))
+        outputs += [t.strip() for t in out.texts]
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"
+    if recipe.output_format == "alpaca_eval":
+        text = json.dumps([{"instruction": p, "output": o, "generator": generator}
+                           for p, o in zip(prompts, outputs)], indent=2)
+    else:
+        text = "".join(json.dumps(r | {"output": o}) + "\n" for r, o in zip(records, outputs))
+    tmp = output_path.with_name(output_path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, output_path)
+    return output_path
