@@ -128,6 +128,7 @@ def test_forward_token_count_and_prompt_buckets(models):
     kwargs = dict(search=Search(1, 1), sampling=Sampling(1.0), max_new_tokens=5, seed=1, stop_ids=[])
     out = generate(models["base"], PROMPTS, guidance, **kwargs)
     assert out.forward_tokens == 6 * (sum(map(len, PROMPTS)) + len(PROMPTS) * 5)
+    np.testing.assert_array_equal(out.forward_tokens_per_prompt, [6 * (len(p) + 5) for p in PROMPTS])
     size = engine.run._cache_size()
     four = generate(models["base"], PROMPTS + [[20, 21]], guidance, **kwargs)
     assert engine.run._cache_size() == size
@@ -183,6 +184,7 @@ def test_batch_invariance(models):
                          seed=[seeds[p]], stop_ids=STOP)
         np.testing.assert_array_equal(alone.tokens[0], batch.tokens[p])
         assert alone.scores[0] == pytest.approx(batch.scores[p], abs=1e-5)
+        assert alone.forward_tokens_per_prompt[0] == batch.forward_tokens_per_prompt[p]
 
 
 def test_weights_are_data_not_recompiles(models):

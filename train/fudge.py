@@ -2,12 +2,13 @@
 
     python train/fudge.py --train-data FILE.jsonl --output-dir RUN [--val-data FILE.jsonl] [--model PATH] ...
 
-Flags mirror `ivg_jax.training.TrainConfig` (`--help` lists them); the run resumes when rerun.
+The same as `ivg train value ...`: flags are the fields of `ivg_jax.training.TrainConfig` (`--help`),
+`--config FILE.yaml|.toml` sets them from a file; the run resumes when rerun.
 """
 
 import sys
 
-from ivg_jax.cli.train import main
+from ivg_jax.cli.main import main
 
 if __name__ == "__main__":
-    sys.exit(main("fudge", description=__doc__))
+    sys.exit(main(["train", "value", *sys.argv[1:]]))

@@ -42,8 +42,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), help_text
             parse = (lambda p: lambda text: None if text.lower() == "none" else p(text))(parse)
         note = (help_text or {}).get(field.name, "")
         shown = f" (default: {default})" if has_default and default not in (None, "") else ""
-        parser.add_argument(flag, dest=field.name, type=parse, default=default,
-                            required=field.name in required or not has_default, help=f"{note}{shown}".strip(),
+        # Required fields may also come from a config file, so argparse does not enforce them; the dataclass does.
+        parser.add_argument(flag, dest=field.name, type=parse, default=default, required=field.name in required,
+                            help=f"{note}{shown}".strip() if has_default else f"{note} (required)".strip(),
                             metavar=kind.__name__.upper())
 
 
@@ -51,3 +52,88 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
     return cls(**(values | overrides))
+
+
+def load_config_file(path: str, cls) -> dict:
+    """A YAML or TOML file -> {field: value}, every key a field of `cls` and every value of its type."""
+    from pathlib import Path
+
+    from ivg_jax.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file {p} does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text) or {}
+        else:
+            raise InputError(f"config file {p} must end in .yaml, .yml or .toml")
+    except InputError:
+        raise
+    except Exception as e:  # the parsers' own errors carry the line
+        raise InputError(f"config file {p} does not parse: {e}") from None
+    if not isinstance(values, dict):
+        raise InputError(f"config file {p} must hold a mapping of option: value")
+    return check_values(values, cls, where=str(p))
+
+
+def check_values(values: dict, cls, where: str) -> dict:
+    """Refuses unknown keys and values of the wrong type, naming the key; ints are accepted for floats."""
+    from ivg_jax.errors import InputError
+
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            close = [n for n in names if n.split("_")[0] == name.split("_")[0]]
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"{where}: unknown option {key!r}{hint} (options: {', '.join(names)})")
+        kind, optional = _base_type(hints[name])
+        if value is None and optional:
+            out[name] = None
+            continue
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise InputError(f"{where}: option {key!r} must be {kind.__name__}, got {type(value).__name__} "
+                             f"({value!r})")
+        out[name] = value
+    return out
+
+
+def given_flags(argv) -> set[str]:
+    """Field names of the flags written on the command line (so only they override a config file)."""
+    return {a.lstrip("-").split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
+
+
+def config_from(cls, args: argparse.Namespace, argv, config_file: str | None = None, base: dict | None = None,
+                **fixed):
+    """Dataclass defaults < `base` (a preset) < the config file < flags given on the command line < `fixed`."""
+    values = dict(base or {})
+    if config_file:
+        values |= load_config_file(config_file, cls)
+    given = given_flags(argv)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values |= {k: v for k, v in vars(args).items() if k in given and k in names}
+    for f in dataclasses.fields(cls):
+        if f.name not in values and f.default is dataclasses.MISSING and f.name not in fixed:
+            value = getattr(args, f.name, None)
+            if value is not None:
+                values[f.name] = value
+    values |= fixed
+    missing = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING and f.name not in values]
+    if missing:
+        from ivg_jax.errors import InputError
+
+        raise InputError(f"missing required option {missing[0]!r}: pass --{missing[0].replace('_', '-')} or set "
+                         f"it in the --config file")
+    return cls(**values)

@@ -276,6 +276,7 @@ class Generation:
     log_ratio: np.ndarray
     kl: np.ndarray
     forward_tokens: int  # tokens run through models: prompts once per model + active rows × models per step
+    forward_tokens_per_prompt: np.ndarray  # [P] the same per prompt (independent of what else is in the batch)
     rows: dict[str, np.ndarray]
 
 
@@ -366,7 +367,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     chunks, length = n_chunks(search, max_new_tokens)
     members = _members(base, guidance)
     pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
-    ids, masks, prompt_tokens = [], [], 0
+    ids, masks, prompt_tokens = [], [], np.zeros(n_real, np.int64)
     for m, template in members:
         if template != "{prompt}" and not isinstance(prompts[0], str):
             raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
@@ -376,7 +377,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         if i.shape[1] + chunks * length > limit:
             raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
                              f"the context of {m.source} ({limit} positions); shorten the prompt or the budget")
-        prompt_tokens += int(k[:n_real].sum())
+        prompt_tokens += k[:n_real].sum(1)
         ids.append(put(i, ("batch", None), mesh))
         masks.append(put(k, ("batch", None), mesh))
     n_implicit = len(guidance.implicit)
@@ -416,6 +417,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     result = _result(program, state, best[:n_real], base.tokenizer, stop_strings, len(members), prompt_tokens,
                      n_real, scores=scores)
     result.forward_tokens += scorer.forward_tokens  # includes the dummy rows of the bucket: an upper bound
+    result.forward_tokens_per_prompt += scorer.forward_tokens / n_real  # host scoring is shared evenly
     return result
 
 
@@ -464,13 +466,14 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
 
 
 def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, n_models: int,
-            prompt_tokens: int, n_real: int, scores: np.ndarray | None = None) -> Generation:
+            prompt_tokens: np.ndarray, n_real: int, scores: np.ndarray | None = None) -> Generation:
     host = {k: to_host(v) for k, v in dict(
         tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
         scores=chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf, scores),
         done=state.done, duplicate=state.duplicate, work=state.work).items()}
     tokens = host["tokens"][best, :program.max_new_tokens]
     lengths = host["lengths"][best]
+    per_prompt = prompt_tokens + host["work"][:n_real].astype(np.int64) * n_models
     texts = None
     if tokenizer is not None:
         texts = [_trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
@@ -478,5 +481,5 @@ def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, s
     return Generation(
         tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],
         log_ratio=host["log_ratio"][best, :program.max_new_tokens], kl=host["kl"][best, :program.max_new_tokens],
-        forward_tokens=prompt_tokens + int(host["work"][:n_real].sum()) * n_models,
+        forward_tokens=int(per_prompt.sum()), forward_tokens_per_prompt=per_prompt.astype(np.float64),
         rows={k: host[k][:n_real * program.width] for k in ("tokens", "lengths", "scores", "done", "duplicate")})

@@ -348,10 +348,9 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
                 seeds = [_hash_seed(cfg.seed, "test", first + i) % 2**31 for i in range(len(chunk))]
                 out = ivg_jax.generate(models.base(), list(chunk), guidance, search, ivg_jax.Sampling(cfg.temperature),
                                        max_new_tokens=cfg.max_new_tokens, seed=seeds, stop_strings=[cfg.stop_string])
-                per_prompt = out.forward_tokens / len(chunk)
                 return [{"prompt": p, "text": out.texts[i], "tokens": out.tokens[i, :out.lengths[i]].tolist(),
                          "kl": float(out.kl[i].sum()), "score": float(out.scores[i]),
-                         "forward_tokens": per_prompt} for i, p in enumerate(chunk)]
+                         "forward_tokens": float(out.forward_tokens_per_prompt[i])} for i, p in enumerate(chunk)]
 
             _write_jsonl(out_path, _in_parts(cfg.path / "decode" / f"{method}.parts", prompts, cfg.decode_batch,
                                              f"decode {method}", progress, work))

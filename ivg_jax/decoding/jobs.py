@@ -1,0 +1,184 @@
+"""Dataset decode jobs: JSONL prompts in, JSONL results out, resumable and shardable.
+
+Each output line carries the prompt's id, the hash of the settings that produced it and its scores. Lines are
+appended one batch at a time (flushed and fsynced); a rerun reads what is there, drops a torn last line, and
+decodes only the ids that are missing, so an interrupted job loses at most the batch in flight and never
+writes an id twice. Every prompt's sampling seed derives from (seed, id), so the result of a prompt does not
+depend on batching, sharding or resumption. With several hosts, prompts are split by a hash of their id and each
+shard writes its own file (`out.shard<i>-of-<n>.jsonl`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import zlib
+from pathlib import Path
+
+from ivg_jax.errors import InputError
+
+MODES = ("none", "implicit", "explicit")
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeJobConfig:
+    """A dataset decode job (the `ivg decode` command)."""
+
+    input: str
+    output: str
+    model: str = ""  # the base; "" = the embedded SmolLM2-135M-Instruct
+    tuned: str = ""  # implicit guide: DPO-tuned model ...
+    reference: str = ""  # ... and its reference
+    value: str = ""  # explicit guide: token-value model
+    token: str = "none"
+    chunk: str = "none"
+    beams: int = 1
+    candidates: int = 1
+    chunk_length: int | None = None
+    temperature: float = 0.7
+    top_k: int | None = None
+    top_p: float | None = None
+    max_new_tokens: int = 50
+    implicit_weight: float = 1.0
+    explicit_weight: float = 1.0
+    base_template: str = "{prompt}"
+    guide_template: str = "{prompt}"
+    stop: str = ""
+    prompt_field: str = "prompt"
+    id_field: str = "id"
+    batch_size: int = 8
+    seed: int = 0
+    num_shards: int | None = None  # default: jax.process_count()
+    shard_index: int | None = None  # default: jax.process_index()
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.token not in MODES or self.chunk not in MODES:
+            raise InputError(f"token and chunk must be one of {MODES}; got token={self.token!r}, chunk={self.chunk!r}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size must be >= 1; got {self.batch_size}")
+        if "implicit" in (self.token, self.chunk) and not (self.tuned and self.reference):
+            raise InputError("implicit guidance needs --tuned and --reference model paths")
+        if "explicit" in (self.token, self.chunk) and not self.value:
+            raise InputError("explicit guidance needs a --value model path")
+
+    def config_hash(self) -> str:
+        """Hash of every setting that changes a prompt's result (not paths of files, batching or sharding)."""
+        skip = {"input", "output", "batch_size", "num_shards", "shard_index"}
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def read_prompts(cfg: DecodeJobConfig) -> list[tuple[str, str]]:
+    """-> [(id, prompt)] in file order; ids default to the line number; duplicate ids are refused."""
+    path = Path(cfg.input)
+    if not path.is_file():
+        raise InputError(f"input file {path} does not exist")
+    out, seen = [], {}
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get(cfg.prompt_field), str):
+            raise InputError(f"{path}:{lineno}: needs a string field {cfg.prompt_field!r}")
+        pid = str(record.get(cfg.id_field, lineno))
+        if pid in seen:
+            raise InputError(f"{path}:{lineno}: id {pid!r} already used on line {seen[pid]}; ids must be unique")
+        seen[pid] = lineno
+        out.append((pid, record[cfg.prompt_field]))
+    if not out:
+        raise InputError(f"{path} holds no prompts")
+    return out
+
+
+def shard_of(pid: str, n: int) -> int:
+    return zlib.crc32(pid.encode()) % n
+
+
+def output_path(cfg: DecodeJobConfig, index: int, n: int) -> Path:
+    path = Path(cfg.output)
+    return path if n == 1 else path.with_name(f"{path.stem}.shard{index}-of-{n}{path.suffix}")
+
+
+def finished_ids(path: Path, config_hash: str) -> set[str]:
+    """Ids already in the output; a torn last line (killed mid-write) is cut off. Results of other settings are
+    refused rather than mixed."""
+    if not path.exists():
+        return set()
+    data = path.read_bytes()
+    keep = data[:data.rfind(b"\n") + 1]
+    if len(keep) != len(data):
+        with path.open("r+b") as f:
+            f.truncate(len(keep))
+    done = set()
+    for lineno, line in enumerate(keep.decode().splitlines(), 1):
+        row = json.loads(line)
+        if row.get("config") != config_hash:
+            raise InputError(f"{path}:{lineno} was written with other settings (config {row.get('config')}, now "
+                             f"{config_hash}); write to another --output or restore the settings")
+        done.add(row["id"])
+    return done
+
+
+def _models(cfg: DecodeJobConfig):
+    import ivg_jax
+    from ivg_jax.defaults import default_model_path
+
+    load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype)  # noqa: E731
+    base = load(cfg.model or str(default_model_path()))
+    modes = (cfg.token, cfg.chunk)
+    implicit = [ivg_jax.ImplicitGuide(load(cfg.tuned), load(cfg.reference), cfg.implicit_weight,
+                                      template=cfg.guide_template)] if "implicit" in modes else []
+    explicit = ivg_jax.ExplicitGuide(load(cfg.value), cfg.explicit_weight, template=cfg.guide_template) \
+        if "explicit" in modes else None
+    guidance = ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=cfg.token, chunk=cfg.chunk,
+                                base_template=cfg.base_template)
+    return base, guidance
+
+
+def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
+    """Decodes every prompt of this shard not yet in its output file. -> the output path."""
+    import jax
+
+    import ivg_jax
+
+    n = cfg.num_shards or jax.process_count()
+    index = cfg.shard_index if cfg.shard_index is not None else jax.process_index()
+    if not 0 <= index < n:
+        raise InputError(f"shard_index {index} is outside [0, {n})")
+    prompts = [(pid, p) for pid, p in read_prompts(cfg) if shard_of(pid, n) == index]
+    path = output_path(cfg, index, n)
+    digest = cfg.config_hash()
+    done = finished_ids(path, digest)
+    pending = [(pid, p) for pid, p in prompts if pid not in done]
+    if not pending:
+        return path
+    base, guidance = _models(cfg)
+    search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
+    sampling = ivg_jax.Sampling(cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(pending), disable=not progress, unit="prompt")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        for start in range(0, len(pending), cfg.batch_size):
+            batch = pending[start:start + cfg.batch_size]
+            seeds = [zlib.crc32(f"{cfg.seed}:{pid}".encode()) % 2**31 for pid, _ in batch]
+            out = ivg_jax.generate(base, [p for _, p in batch], guidance, search, sampling,
+                                   max_new_tokens=cfg.max_new_tokens, seed=seeds,
+                                   stop_strings=[cfg.stop] if cfg.stop else [])
+            lines = [json.dumps({"id": pid, "prompt": p, "output": out.texts[i], "score": float(out.scores[i]),
+                                 "kl": float(out.kl[i].sum()), "new_tokens": int(out.lengths[i]),
+                                 "forward_tokens": float(out.forward_tokens_per_prompt[i]), "config": digest})
+                     for i, (pid, p) in enumerate(batch)]
+            f.write("".join(x + "\n" for x in lines))
+            f.flush()
+            os.fsync(f.fileno())
+            bar.update(len(batch))
+    bar.close()
+    return path

@@ -1,0 +1,147 @@
+"""The `ivg` command through subprocesses on tiny models: help, decode (resumable after SIGKILL, shardable),
+every train command, eval, and one-line errors for bad configs naming the key or path."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from synthetic import preference_records, scored_records, tiny_model, write_jsonl
+
+from ivg_jax.loading import export_hf
+from ivg_jax.model.api import attach_head
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def ivg(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ivg_jax.cli.main", *map(str, args)], capture_output=True,
+                          text=True, env=ENV, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    base = tiny_model(seed=0)
+    export_hf(base, root / "base")
+    export_hf(tiny_model(seed=1), root / "tuned")
+    export_hf(attach_head(base, "value", scale=0.3, seed=2), root / "value")
+    prompts = [{"id": f"p{i}", "prompt": f"w{i % 20} w{(3 * i) % 20}"} for i in range(24)]
+    write_jsonl(root / "prompts.jsonl", prompts)
+    return root
+
+
+def _decode_flags(world, output):
+    return ["decode", "--input", world / "prompts.jsonl", "--output", output, "--model", world / "base",
+            "--tuned", world / "tuned", "--reference", world / "base", "--value", world / "value",
+            "--token", "implicit", "--chunk", "explicit", "--beams", "2", "--candidates", "2", "--chunk-length", "2",
+            "--max-new-tokens", "6", "--batch-size", "4", "--quiet"]
+
+
+def _rows(path):
+    return [json.loads(x) for x in open(path)]
+
+
+def test_help_lists_commands_and_defaults():
+    out = ivg("--help").stdout
+    for command in ("decode", "train", "eval", "demo", "recipe", "bench"):
+        assert command in out
+    out = ivg("decode", "--help").stdout
+    assert "--chunk-length" in out and "(default: 0.7)" in out and "--config" in out and "--debug" in out
+
+
+def test_decode_killed_mid_dataset_resumes_to_the_uninterrupted_output(world, tmp_path):
+    straight = tmp_path / "straight.jsonl"
+    proc = ivg(*_decode_flags(world, straight))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _rows(straight)
+    assert [r["id"] for r in rows] == [f"p{i}" for i in range(24)]
+    assert len({r["config"] for r in rows}) == 1 and all("score" in r and "kl" in r for r in rows)
+
+    killed = tmp_path / "killed.jsonl"
+    p = subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, _decode_flags(world, killed))],
+                         env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not killed.exists() or len(killed.read_text().splitlines()) < 8):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    written = len(killed.read_text().splitlines())
+    assert 8 <= written < 24, f"the job was killed after {written} lines; the test needs it mid-dataset"
+    proc = ivg(*_decode_flags(world, killed))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _rows(killed) == rows  # same ids, order, texts and scores; nothing lost or duplicated
+
+
+def test_decode_shards_split_prompts_by_id(world, tmp_path):
+    out = tmp_path / "sharded.jsonl"
+    flags = _decode_flags(world, out)
+    for i in range(2):
+        assert ivg(*flags, "--num-shards", 2, "--shard-index", i).returncode == 0
+    shards = [_rows(tmp_path / f"sharded.shard{i}-of-2.jsonl") for i in range(2)]
+    ids = [r["id"] for s in shards for r in s]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(24)) and all(shards)
+    # A prompt's result depends on its id and seed only, not on which shard or batch decoded it.
+    whole = tmp_path / "whole.jsonl"
+    assert ivg(*_decode_flags(world, whole)).returncode == 0
+    by_id = {r["id"]: r for r in _rows(whole)}
+    assert all(r == by_id[r["id"]] for s in shards for r in s)
+
+
+@pytest.mark.parametrize("objective, records", [
+    ("sft", lambda: [{"prompt": r["prompt"], "response": r["chosen"]} for r in preference_records(8)]),
+    ("dpo", lambda: preference_records(8)),
+    ("value", lambda: scored_records(8)),
+    ("rm", lambda: preference_records(8)),
+])
+def test_each_train_command(world, tmp_path, objective, records):
+    data = write_jsonl(tmp_path / "data.jsonl", records())
+    config = tmp_path / "train.toml"
+    config.write_text(f'train_data = "{data}"\nsteps = 2\nbatch_size = 4\nmax_length = 16\n')
+    proc = ivg("train", objective, "--config", config, "--model", world / "base", "--output-dir", tmp_path / "run",
+               "--val-data", data, "--eval-every", 2, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads(proc.stdout[proc.stdout.index("{"):])
+    assert summary["final_step"] == 2 and os.path.isdir(summary["export_dir"])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert saved["steps"] == 2 and saved["batch_size"] == 4  # from the file
+    assert saved["objective"] == {"sft": "sft", "dpo": "dpo", "value": "fudge", "rm": "reward"}[objective]
+
+
+def test_eval_summarises_a_decode_file(world, tmp_path):
+    rows = [{"id": str(i), "prompt": "The film was", "output": text, "kl": 1.0, "forward_tokens": 10}
+            for i, text in enumerate([" great and wonderful", " awful", " fine"])]
+    write_jsonl(tmp_path / "out.jsonl", rows)
+    proc = ivg("eval", "--input", tmp_path / "out.jsonl", "--output", tmp_path / "summary.json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    from ivg_jax.evaluation.sentiment import VaderReward
+
+    expected = VaderReward()([r["prompt"] + r["output"] for r in rows]).mean()
+    assert summary["n"] == 3 and summary["reward"] == pytest.approx(expected) and summary["kl"] == 1.0
+
+
+@pytest.mark.parametrize("config_text, flags, message", [
+    ("beems = 2\n", [], "unknown option 'beems'"),
+    ("beams = \"two\"\n", [], "option 'beams' must be int, got str ('two')"),
+    ("", ["--input", "/no/such/prompts.jsonl"], "input file /no/such/prompts.jsonl does not exist"),
+    ("", ["--model", "/no/such/checkpoint"], "/no/such/checkpoint"),
+])
+def test_bad_configs_give_one_line(world, tmp_path, config_text, flags, message):
+    config = tmp_path / "job.yaml"
+    config.write_text(config_text.replace(" = ", ": ").replace('"', ""))
+    args = ["decode", "--config", config, "--input", world / "prompts.jsonl", "--output", tmp_path / "o.jsonl",
+            *flags]
+    proc = ivg(*args)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+    assert "Traceback" in ivg(*args, "--debug").stderr
+
+
+def test_missing_config_file(tmp_path):
+    proc = ivg("train", "dpo", "--config", tmp_path / "nope.toml")
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: config file {tmp_path / 'nope.toml'} does not exist"
