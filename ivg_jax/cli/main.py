@@ -21,20 +21,78 @@ import subprocess
 import sys
 
 from ivg_jax.cli.args import add_dataclass_flags, config_from
+from ivg_jax.experiments.sentiment.pipeline import SENTIMENT_HELP
 
 TRAIN_OBJECTIVES = {"sft": "sft", "dpo": "dpo", "value": "fudge", "rm": "reward"}
 TRAIN_HELP = {
-    "model": "checkpoint dir, .gguf file or hub id to start from; FUDGE / reward objectives add a fresh head "
-             "(default: the embedded SmolLM2-135M-Instruct)",
-    "train_data": "JSONL file (schemas: docs/training.md)",
-    "val_data": "JSONL file for validation (same schema)",
+    "train_data": "JSONL file of training examples (schemas: docs/training.md)",
     "output_dir": "run directory: checkpoints, metrics.jsonl, export/; rerun the same command to resume",
+    "model": "checkpoint dir, .gguf file or hub id to start from; value / rm objectives add a fresh head "
+             "(default: the embedded SmolLM2-135M-Instruct)",
+    "val_data": "JSONL file for validation (same schema); picks the best checkpoint",
     "reference": "DPO reference model (default: the initial model)",
-    "template": "prompt template, with a {prompt} field",
+    "template": "prompt template with a {prompt} field, as the decoder formats prompts",
+    "max_length": "longest prompt + response in tokens; longer examples are refused, naming the line",
+    "batch_size": "examples per step (DPO / rm: pairs)",
+    "eval_batch_size": "examples per validation batch (default: batch_size)",
     "steps": "train steps (default: epochs x batches per epoch)",
-    "train_top_blocks": "train only the top N blocks + final norm + untied head (default: full fine-tuning)",
+    "epochs": "passes over the training data when steps is not given",
+    "learning_rate": "AdamW peak learning rate",
+    "warmup_ratio": "fraction of the optimiser updates with linear warmup",
+    "schedule": "decay after warmup: cosine, linear or constant",
+    "weight_decay": "AdamW decoupled weight decay (projections only; norms and biases are not decayed)",
+    "clip_norm": "global-norm gradient clipping (none to disable)",
+    "grad_accum": "micro-batches accumulated per optimiser update",
+    "beta": "DPO inverse temperature beta (strength of the KL anchor to the reference)",
+    "label_smoothing": "conservative DPO: probability that a label is flipped",
     "reference_logprobs": "precompute (once, cached in the run dir) or per_batch",
-    "fsdp": "shard weights over the data axis too (fully sharded data parallel)",
+    "train_top_blocks": "train only the top N blocks + final norm + untied head (default: full fine-tuning)",
+    "dtype": "weights as float32 or bfloat16",
+    "seed": "data-shuffle and head-initialisation seed",
+    "eval_every": "validate every N steps",
+    "save_every": "checkpoint every N steps (asynchronously)",
+    "keep_last": "checkpoints kept besides the best validated one",
+    "log_every": "write a train line to metrics.jsonl every N steps",
+    "mesh_data": "devices along the data axis (batch split)",
+    "mesh_model": "devices along the model axis (tensor parallel)",
+    "fsdp": "also split weights over the data axis (fully sharded data parallel)",
+    "export": "export the best checkpoint to output_dir/export as an HF directory",
+}
+DECODE_HELP = {
+    "input": "JSONL file of prompts (one object per line with a prompt field)",
+    "output": "JSONL results file; appended to, so a rerun resumes",
+    "model": "base model: checkpoint dir, .gguf file or hub id (default: the embedded SmolLM2-135M-Instruct)",
+    "tuned": "implicit guide: the DPO-tuned model",
+    "reference": "implicit guide: its reference model",
+    "value": "explicit guide: a token-level value model",
+    "token": "guidance at every token: none, implicit or explicit",
+    "chunk": "value that ranks candidates between chunks: none, implicit or explicit",
+    "beams": "W: beams kept after each chunk",
+    "candidates": "K: candidates sampled per beam",
+    "chunk_length": "L: tokens per chunk (none = the whole budget, i.e. best-of-N)",
+    "temperature": "sampling temperature (0 = greedy); also scales token-level guidance",
+    "top_k": "keep the k most likely tokens (none = off)",
+    "top_p": "nucleus sampling mass (none = off)",
+    "max_new_tokens": "new tokens per response",
+    "implicit_weight": "w of the implicit guide",
+    "explicit_weight": "w of the value model at token level",
+    "base_template": "the base model's prompt template ({prompt} field)",
+    "guide_template": "the guides' prompt template",
+    "stop": "a stop string that ends a response (trimmed from the text)",
+    "prompt_field": "name of the prompt field of the input records",
+    "id_field": "name of the id field (default ids: line numbers)",
+    "batch_size": "prompts per compiled call",
+    "seed": "base seed; each prompt's seed derives from (seed, id)",
+    "num_shards": "split prompts by id into N shards (default: the process count)",
+    "shard_index": "which shard this process decodes (default: the process index)",
+    "dtype": "weights as float32 or bfloat16",
+}
+EVAL_HELP = {
+    "input": "decode results (JSONL with prompt and output fields)",
+    "reward": "gold judge: vader (sentiment, logit scale) or none",
+    "model": "model whose per-token NLL of each output measures fluency (default: skip)",
+    "template": "prompt template of that model",
+    "output": "also write the summary to this JSON file",
 }
 
 
@@ -65,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p = sub.add_parser("decode", help="decode a JSONL prompt file (resumable, shardable)", formatter_class=fmt,
                        description=DecodeJobConfig.__doc__ + "\n\n" + sys.modules[DecodeJobConfig.__module__].__doc__)
-    add_dataclass_flags(p, DecodeJobConfig)
+    add_dataclass_flags(p, DecodeJobConfig, help_text=DECODE_HELP)
     _common(p)
     p = sub.add_parser("train", help="train a guide: sft, dpo, value (FUDGE), rm (Bradley-Terry)")
     tsub = p.add_subparsers(dest="objective", required=True, metavar="OBJECTIVE")
@@ -74,13 +132,15 @@ def parser() -> argparse.ArgumentParser:
         add_dataclass_flags(tp, TrainConfig, skip=("objective",), help_text=TRAIN_HELP)
         _common(tp)
     p = sub.add_parser("eval", help="score a decode output file: gold reward with 95%% CI, NLL, distinct-n")
-    add_dataclass_flags(p, EvalConfig)
+    add_dataclass_flags(p, EvalConfig, help_text=EVAL_HELP)
     _common(p)
     p = sub.add_parser("demo", help="the sentiment experiment on the embedded SmolLM2 (the README's main job)")
-    p.add_argument("--preset", default="fast", choices=sorted(PRESETS))
+    p.add_argument("--preset", default="fast", choices=sorted(PRESETS),
+                   help="fast: the README's main job, minutes on 2 CPUs; full: the experiment (default: fast)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    add_dataclass_flags(p, SentimentConfig, skip=("run_dir",))
-    p.add_argument("--run-dir", dest="run_dir", default=None, help="default: runs/sentiment-<preset>")
+    add_dataclass_flags(p, SentimentConfig, skip=("run_dir",), help_text=SENTIMENT_HELP)
+    p.add_argument("--run-dir", dest="run_dir", default=None,
+                   help="directory of every stage's outputs; rerun to resume (default: runs/sentiment-<preset>)")
     _common(p)
     p = sub.add_parser("recipe", help="the paper's three tasks (ivg recipe --list)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

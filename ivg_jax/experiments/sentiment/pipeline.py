@@ -93,6 +93,28 @@ class SentimentConfig:
         return Path(self.run_dir)
 
 
+SENTIMENT_HELP = {
+    "model": "base = reference = starting point of both guides (default: the embedded SmolLM2-135M-Instruct)",
+    "prompts_dir": "directory with train.txt, val.txt, test.txt (default: the shipped openings)",
+    "n_train": "train prompts (two samples each)", "n_val": "validation prompts", "n_test": "test prompts",
+    "samples_per_prompt": "continuations sampled per train / validation prompt",
+    "sample_temperature": "temperature of the data-collection samples",
+    "max_new_tokens": "new tokens per continuation", "temperature": "decoding temperature of the methods",
+    "base_template": "the base's prompt template", "guide_template": "the guides' prompt template",
+    "stop_string": "a string that ends a continuation", "beams": "W of the beam-search methods",
+    "candidates": "K of the beam-search methods", "chunk_length": "L of the beam-search methods",
+    "bon_n": "samples of the best-of-N method", "implicit_weight": "w of the implicit guide at token level",
+    "explicit_weight": "w of the value model at token level (reversed IVG)", "dpo_beta": "the beta of DPO",
+    "dpo_learning_rate": "DPO AdamW learning rate", "dpo_epochs": "DPO epochs",
+    "fudge_learning_rate": "learning rate of the value model", "fudge_epochs": "epochs of the value model",
+    "train_batch_size": "training batch size (pairs / responses)",
+    "train_top_blocks": "train only the top N blocks (none = full fine-tuning)",
+    "sample_batch": "prompts per sampling call (one resumable part each)",
+    "decode_batch": "prompts per decoding call (one resumable part each)",
+    "methods": "comma-separated subset of " + ",".join(METHODS), "dtype": "weights as float32 or bfloat16",
+    "seed": "seed of sampling, labels and training",
+}
+
 PRESETS = {
     "full": {},
     # The README's main job: minutes on 2 CPU cores, every stage and method, small sizes.
