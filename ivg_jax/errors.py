@@ -18,3 +18,10 @@ class UnsupportedError(IvgError):
 
 class InputError(IvgError):
     """Bad call arguments: prompts, shapes, lengths."""
+
+
+def require_positive(config, names) -> None:
+    """Refuses a config whose named integer options are below 1, naming the first such option."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise InputError(f"{name} must be >= 1; got {getattr(config, name)}")

@@ -17,6 +17,7 @@ import os
 import zlib
 from pathlib import Path
 
+from ivg_jax import jsonl
 from ivg_jax.errors import InputError
 
 MODES = ("none", "implicit", "explicit")
@@ -74,17 +75,9 @@ class DecodeJobConfig:
 def read_prompts(cfg: DecodeJobConfig) -> list[tuple[str, str]]:
     """-> [(id, prompt)] in file order; ids default to the line number; duplicate ids are refused."""
     path = Path(cfg.input)
-    if not path.is_file():
-        raise InputError(f"input file {path} does not exist")
     out, seen = [], {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict) or not isinstance(record.get(cfg.prompt_field), str):
+    for lineno, record in jsonl.records(path):
+        if not isinstance(record.get(cfg.prompt_field), str):
             raise InputError(f"{path}:{lineno}: needs a string field {cfg.prompt_field!r}")
         pid = str(record.get(cfg.id_field, lineno))
         if pid in seen:

@@ -18,6 +18,7 @@ import json
 import os
 from pathlib import Path
 
+from ivg_jax import jsonl
 from ivg_jax.errors import InputError
 
 
@@ -78,19 +79,8 @@ RECIPES = {
 
 def read_prompts(path: str | Path, recipe: Recipe, limit: int | None = None) -> tuple[list[dict], list[str]]:
     """JSONL records -> (records, raw prompts x); a record missing a field of the recipe's template is named."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"prompt file {path} does not exist")
     records, prompts = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(record, dict):
-            raise InputError(f"{path}:{lineno}: expected a JSON object")
+    for lineno, record in jsonl.records(path, "prompt file"):
         try:
             prompts.append(recipe.record_template.format(**record))
         except KeyError as e:

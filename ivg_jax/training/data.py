@@ -16,13 +16,13 @@ are tokenised on their own and appended, so training sees the token boundary dec
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ivg_jax import jsonl
 from ivg_jax.errors import InputError
 
 KINDS = ("preference", "scored", "sft")
@@ -36,25 +36,11 @@ def read_jsonl(path: str | Path, kind: str) -> list[dict]:
     """Every record of a JSONL file, checked against the `kind` schema; errors name the file, line and field."""
     if kind not in KINDS:
         raise InputError(f"data kind must be one of {KINDS}; got {kind!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data file {path} does not exist")
     records = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one "
-                                 "JSON object") from None
-            if not isinstance(record, dict):
-                raise InputError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            record = check_record(record, kind, where)
-            record["_line"] = lineno  # so tokenisation errors can name the line too
-            records.append(record)
+    for lineno, record in jsonl.records(path, "data file"):
+        record = check_record(record, kind, f"{path}:{lineno}")
+        record["_line"] = lineno  # so tokenisation errors can name the line too
+        records.append(record)
     if not records:
         raise InputError(f"{path} holds no records")
     return records

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ivg_jax.errors import CheckpointError, InputError
+from ivg_jax.errors import CheckpointError, InputError, require_positive
 from ivg_jax.guidance import same_vocabulary
 from ivg_jax.model.api import Model, abstract_model, attach_head
 from ivg_jax.sharding import DEFAULT_RULES, make_mesh, to_host
@@ -93,9 +93,8 @@ class TrainConfig:
             raise InputError(f"reference_logprobs must be one of {REFERENCE_MODES}; got {self.reference_logprobs!r}")
         if self.dtype not in ("float32", "bfloat16"):
             raise InputError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
-        for name in ("batch_size", "eval_every", "save_every", "keep_last", "log_every", "mesh_data", "mesh_model"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        require_positive(self, ("batch_size", "eval_every", "save_every", "keep_last", "log_every", "mesh_data",
+                                "mesh_model"))
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be >= 1; got {self.steps}")
         if self.epochs <= 0:

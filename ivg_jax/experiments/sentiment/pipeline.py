@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, require_positive
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
 METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
@@ -77,10 +77,9 @@ class SentimentConfig:
         unknown = [m for m in self.method_list if m not in METHODS]
         if unknown:
             raise InputError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-        for name in ("n_train", "n_val", "n_test", "samples_per_prompt", "max_new_tokens", "beams", "candidates",
-                     "chunk_length", "bon_n", "train_batch_size", "sample_batch", "decode_batch"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} must be >= 1; got {getattr(self, name)}")
+        require_positive(self, ("n_train", "n_val", "n_test", "samples_per_prompt", "max_new_tokens", "beams",
+                                "candidates", "chunk_length", "bon_n", "train_batch_size", "sample_batch",
+                                "decode_batch"))
         if self.samples_per_prompt < 2:
             raise InputError("samples_per_prompt must be >= 2: preference pairs need two responses per prompt")
 
