@@ -77,3 +77,27 @@ def test_sigkill_during_save_leaves_previous_checkpoint(tmp_path):
     state, meta = ckpt.restore(1, {"w": jax.numpy.zeros(8)})
     np.testing.assert_array_equal(np.asarray(state["w"]), np.arange(8.0))
     assert meta["data"] == {"epoch": 0, "batch": 1}
+
+
+def test_best_checkpoint_can_be_the_starting_point(tmp_path):
+    """A run that only gets worse on validation returns (and exports) the untouched model."""
+    data = write_jsonl(tmp_path / "train.jsonl", preference_records(32, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", preference_records(16, 1))
+    base = tiny_model(seed=0)
+    result = train(TrainConfig(objective="dpo", train_data=data, val_data=val, output_dir=str(tmp_path / "run"),
+                               batch_size=8, steps=4, learning_rate=50.0, warmup_ratio=0.0, clip_norm=None,
+                               eval_every=2, save_every=2, max_length=16, export=False), model=base, progress=False)
+    assert result.best_step == 0 and result.final_step == 4
+    assert result.best_metrics["val_loss"] == pytest.approx(np.log(2), abs=1e-6)  # policy == reference
+    for a, b in zip(jax.tree.leaves(base.params), jax.tree.leaves(result.model.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("higher_is_better, best", [(False, 2), (True, 3)])
+def test_keeps_the_latest_and_the_best(tmp_path, higher_is_better, best):
+    ckpt = Checkpoints(tmp_path / "c", keep_last=1, best_metric="val_x", higher_is_better=higher_is_better)
+    for step, value in zip(range(1, 6), [3.0, 1.0, 9.0, 2.0, 5.0]):
+        ckpt.save(step, {"w": jax.numpy.full(2, float(step))}, {"data": {}}, {"val_x": value})
+    ckpt.wait()
+    assert sorted(ckpt.manager.all_steps()) == sorted({best, 5}) and ckpt.best_step() == best
+    ckpt.close()

@@ -30,7 +30,9 @@ class Checkpoints:
         self.best_metric, self.higher_is_better = best_metric, higher_is_better
         policies = [_policies.LatestN(n=keep_last)]
         if best_metric:
-            policies.append(_policies.BestN(get_metric_fn=self._metric, reverse=higher_is_better, n=1,
+            # BestN keeps the tail of the list sorted by the metric; reverse=True puts the lowest last (as Orbax
+            # itself does for best_mode="min").
+            policies.append(_policies.BestN(get_metric_fn=self._metric, reverse=not higher_is_better, n=1,
                                             keep_checkpoints_without_metrics=False))
         # best_fn also makes Orbax store the metrics with each step (it writes none without it).
         options = ocp.CheckpointManagerOptions(

@@ -203,11 +203,11 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
                           run_dir / "reference_logprobs.npz")
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last, BEST_METRIC[cfg.objective])
-    start = checkpoints.latest_step()
-    if start is not None:
-        state, meta = checkpoints.restore(start, state)
-        batches.restore(meta["data"])
-    start = start or 0
+    resumed = checkpoints.latest_step()
+    if resumed is not None:
+        state, saved = checkpoints.restore(resumed, state)
+        batches.restore(saved["data"])
+    start = resumed or 0
     baseline = float(np.mean([e.reward for e in train_examples])) if objective.kind == "fudge" else None
 
     def validate(step: int) -> dict:
@@ -217,6 +217,10 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         return out
 
     meta = lambda: {"data": batches.state(), "fingerprint": cfg.fingerprint()}  # noqa: E731
+    if resumed is None and val_examples:
+        # The starting point is a candidate too: if no step beats it on validation, the best checkpoint is the
+        # untouched model (for DPO: the reference itself, i.e. no guidance) rather than an overfitted one.
+        checkpoints.save(0, state, meta(), _prefixed(validate(0)))
     bar = _progress(progress, start, total)
     stop_signal = _InterruptOnSigterm()
     step, window, last_val = start, _Window(), None
