@@ -79,7 +79,7 @@ def test_every_stage_meets_its_contract(pipeline_run):
     decoded = {m: read_jsonl(d / "decode" / f"{m}.jsonl") for m in METHODS}
     for m, rows in decoded.items():
         assert len(rows) == 4 and all(len(r["tokens"]) <= 6 for r in rows), m
-    assert decoded["base"][0]["kl"] == 0.0 and decoded["eft"][0]["kl"] >= 0.0
+    assert decoded["base"][0]["kl"] == 0.0 and decoded["eft"][0]["kl"] > -1e-4  # KL >= 0 up to float rounding
     cost = {m: rows[0]["forward_tokens"] for m, rows in decoded.items()}
     assert cost["bon"] > cost["base"] and cost["ivg"] > cost["cbs_explicit"] > cost["base"]
     # evaluate: a table row per method, the numbers recomputable from the decode files, plots written
