@@ -119,11 +119,11 @@ notebook([
     "md:# Scaling on a TPU / GPU mesh\n\n"
     "One SPMD program shards the base and every guide together: prompts × beams × candidates over the `data` "
     "axis, weights, KV heads and vocab over `model`. On Colab pick a TPU runtime (8 cores) or a GPU; on a CPU "
-    "this notebook fakes 8 devices so the same code runs anywhere.",
+    "this notebook fakes 4 devices so the same code runs anywhere.",
     COLAB,
     "import jax\n\n"
-    "# 8 host devices for the CPU backend (set before JAX starts it; TPU and GPU runtimes ignore it).\n"
-    "jax.config.update('jax_num_cpu_devices', 8)\n"
+    "# 4 host devices for the CPU backend (set before JAX starts it; TPU and GPU runtimes ignore it).\n"
+    "jax.config.update('jax_num_cpu_devices', 4)\n"
     "print(jax.devices())",
     "import ivg_jax\nfrom ivg_jax.defaults import default_model_path\n"
     "from ivg_jax.sharding import describe, make_mesh\n\n"
@@ -131,16 +131,16 @@ notebook([
     "base = ivg_jax.load_model(default_model_path(), mesh=mesh)\n"
     "print(mesh)\nprint('\\n'.join(describe(base.params).splitlines()[:6]))",
     "md:The same `generate` call, with `mesh=`: rows split over `data`, weights over `model` (dimensions a mesh "
-    "axis does not divide — SmolLM2's 3 KV heads on 4 devices — stay replicated).",
+    "axis does not divide — SmolLM2's 3 KV heads on 2 devices — stay replicated).",
     'BASE = "Here is a movie review from imdb: {prompt}"\n'
     'guide = ivg_jax.ImplicitGuide(base, base, 1.5, template="Here is a glowing movie review from imdb: {prompt}",\n'
     '                              reference_template=BASE)\n'
     'guidance = ivg_jax.Guidance(implicit=[guide], token="implicit", chunk="implicit", base_template=BASE)\n'
     'prompts = ["The film", "The acting", "Two hours of my life", "The ending"]\n'
     'sharded = ivg_jax.generate(base, prompts, guidance, ivg_jax.Search(2, 2, 4), ivg_jax.Sampling(0.7),\n'
-    '                           max_new_tokens=8, seed=[1, 2, 3, 4], mesh=mesh)\n'
+    '                           max_new_tokens=6, seed=[1, 2, 3, 4], mesh=mesh)\n'
     'single = ivg_jax.generate(base, prompts, guidance, ivg_jax.Search(2, 2, 4), ivg_jax.Sampling(0.7),\n'
-    '                          max_new_tokens=8, seed=[1, 2, 3, 4])\n'
+    '                          max_new_tokens=6, seed=[1, 2, 3, 4])\n'
     'for p, t in zip(prompts, sharded.texts):\n    print(p, "|", t.strip())\n'
     'print("same tokens as one device:", bool((sharded.tokens == single.tokens).all()))\n'
     'assert (sharded.tokens == single.tokens).all()',
