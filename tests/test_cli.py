@@ -31,6 +31,8 @@ def world(tmp_path_factory):
     export_hf(attach_head(base, "value", scale=0.3, seed=2), root / "value")
     prompts = [{"id": f"p{i}", "prompt": f"w{i % 20} w{(3 * i) % 20}"} for i in range(24)]
     write_jsonl(root / "prompts.jsonl", prompts)
+    # Many small batches, so a kill lands mid-dataset however fast the machine decodes.
+    write_jsonl(root / "many.jsonl", [{"id": f"q{i}", "prompt": f"w{i % 20} w{(7 * i) % 20}"} for i in range(240)])
     return root
 
 
@@ -54,24 +56,29 @@ def test_help_lists_commands_and_defaults():
 
 
 def test_decode_killed_mid_dataset_resumes_to_the_uninterrupted_output(world, tmp_path):
+    def flags(output):
+        args = _decode_flags(world, output)
+        args[args.index("--input") + 1] = world / "many.jsonl"
+        return args
+
     straight = tmp_path / "straight.jsonl"
-    proc = ivg(*_decode_flags(world, straight))
+    proc = ivg(*flags(straight))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = _rows(straight)
-    assert [r["id"] for r in rows] == [f"p{i}" for i in range(24)]
+    assert [r["id"] for r in rows] == [f"q{i}" for i in range(240)]
     assert len({r["config"] for r in rows}) == 1 and all("score" in r and "kl" in r for r in rows)
 
     killed = tmp_path / "killed.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, _decode_flags(world, killed))],
+    p = subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, flags(killed))],
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline and (not killed.exists() or len(killed.read_text().splitlines()) < 8):
-        time.sleep(0.05)
+    while time.time() < deadline and (not killed.exists() or killed.read_text().count("\n") < 8):
+        time.sleep(0.002)
     p.send_signal(signal.SIGKILL)
     p.wait()
     written = len(killed.read_text().splitlines())
-    assert 8 <= written < 24, f"the job was killed after {written} lines; the test needs it mid-dataset"
-    proc = ivg(*_decode_flags(world, killed))
+    assert 8 <= written < 240, f"the job was killed after {written} lines; the test needs it mid-dataset"
+    proc = ivg(*flags(killed))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert _rows(killed) == rows  # same ids, order, texts and scores; nothing lost or duplicated
 
