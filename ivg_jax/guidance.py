@@ -77,6 +77,21 @@ class Search:
         return self.beams * self.candidates
 
 
+def guidance_for(token: str, chunk: str, *, tuned=None, reference=None, value=None, implicit_weight: float = 1.0,
+                 explicit_weight: float = 1.0, guide_template: str = "{prompt}",
+                 base_template: str = "{prompt}") -> Guidance:
+    """A Guidance with exactly the guides that the `token` and `chunk` modes use (one implicit pair at most).
+
+    `tuned`, `reference`, `value` are zero-argument callables returning a `Model`, called only when their guide
+    is used, so jobs load just the models a method needs.
+    """
+    modes = (token, chunk)
+    implicit = [ImplicitGuide(tuned(), reference(), implicit_weight, template=guide_template)] \
+        if "implicit" in modes else []
+    explicit = ExplicitGuide(value(), explicit_weight, template=guide_template) if "explicit" in modes else None
+    return Guidance(implicit=implicit, explicit=explicit, token=token, chunk=chunk, base_template=base_template)
+
+
 def best_of_n(n: int) -> Search:
     return Search(beams=1, candidates=n, chunk_length=None)
 

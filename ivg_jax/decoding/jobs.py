@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ivg_jax import jsonl
 from ivg_jax.errors import InputError
+from ivg_jax.guidance import guidance_for
 
 MODES = ("none", "implicit", "explicit")
 
@@ -124,13 +125,10 @@ def _models(cfg: DecodeJobConfig):
 
     load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype)  # noqa: E731
     base = load(cfg.model or str(default_model_path()))
-    modes = (cfg.token, cfg.chunk)
-    implicit = [ivg_jax.ImplicitGuide(load(cfg.tuned), load(cfg.reference), cfg.implicit_weight,
-                                      template=cfg.guide_template)] if "implicit" in modes else []
-    explicit = ivg_jax.ExplicitGuide(load(cfg.value), cfg.explicit_weight, template=cfg.guide_template) \
-        if "explicit" in modes else None
-    guidance = ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=cfg.token, chunk=cfg.chunk,
-                                base_template=cfg.base_template)
+    guidance = guidance_for(cfg.token, cfg.chunk, tuned=lambda: load(cfg.tuned),
+                            reference=lambda: load(cfg.reference), value=lambda: load(cfg.value),
+                            implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
+                            guide_template=cfg.guide_template, base_template=cfg.base_template)
     return base, guidance
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ivg_jax import jsonl
 from ivg_jax.errors import InputError
+from ivg_jax.guidance import guidance_for
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,16 +99,10 @@ def build(recipe: Recipe, models: dict):
     """-> (Guidance, Search, Sampling) with the loaded `models` {"tuned", "reference", "value"} (None if unused)."""
     import ivg_jax
 
-    modes = (recipe.token, recipe.chunk)
-    implicit = []
-    if "implicit" in modes:
-        implicit = [ivg_jax.ImplicitGuide(models["tuned"], models["reference"], recipe.implicit_weight,
-                                          template=recipe.guide_template)]
-    explicit = None
-    if "explicit" in modes:
-        explicit = ivg_jax.ExplicitGuide(models["value"], recipe.explicit_weight, template=recipe.guide_template)
-    guidance = ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=recipe.token, chunk=recipe.chunk,
-                                base_template=recipe.base_template)
+    guidance = guidance_for(recipe.token, recipe.chunk, tuned=lambda: models["tuned"],
+                            reference=lambda: models["reference"], value=lambda: models["value"],
+                            implicit_weight=recipe.implicit_weight, explicit_weight=recipe.explicit_weight,
+                            guide_template=recipe.guide_template, base_template=recipe.base_template)
     search = ivg_jax.Search(recipe.beams, recipe.candidates, recipe.chunk_length)
     sampling = ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)
     return guidance, search, sampling

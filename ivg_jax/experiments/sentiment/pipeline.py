@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ivg_jax.errors import InputError, require_positive
+from ivg_jax.guidance import guidance_for
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
 METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
@@ -335,11 +336,6 @@ def method_setup(cfg: SentimentConfig, models: Models, method: str):
     """-> (Guidance, Search) of one method of the grid."""
     import ivg_jax
 
-    implicit = [ivg_jax.ImplicitGuide(models.tuned(), models.base(), cfg.implicit_weight,
-                                      template=cfg.guide_template)] if method in (
-        "eft", "cbs_implicit", "ivg", "ivg_reversed") else []
-    explicit = ivg_jax.ExplicitGuide(models.value(), cfg.explicit_weight, template=cfg.guide_template) \
-        if method in ("bon", "cbs_explicit", "ivg", "ivg_reversed") else None
     beam = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
     token, chunk, search = {
         "base": ("none", "none", ivg_jax.Search()),
@@ -350,8 +346,10 @@ def method_setup(cfg: SentimentConfig, models: Models, method: str):
         "ivg": ("implicit", "explicit", beam),
         "ivg_reversed": ("explicit", "implicit", beam),
     }[method]
-    return ivg_jax.Guidance(implicit=implicit, explicit=explicit, token=token, chunk=chunk,
-                            base_template=cfg.base_template), search
+    guidance = guidance_for(token, chunk, tuned=models.tuned, reference=models.base, value=models.value,
+                            implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
+                            guide_template=cfg.guide_template, base_template=cfg.base_template)
+    return guidance, search
 
 
 def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
