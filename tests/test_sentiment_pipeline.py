@@ -36,7 +36,8 @@ def pipeline_run(tmp_path_factory):
         (root / "prompts").mkdir(exist_ok=True)
         (root / "prompts" / f"{split}.txt").write_text("\n".join(prompts) + "\n")
     settings = dict(run_dir=str(root / "run"), model=str(root / "tiny"), prompts_dir=str(root / "prompts"), n_train=8,
-                    n_val=4, n_test=4, max_new_tokens=6, beams=2, candidates=2, chunk_length=3, bon_n=4,
+                    n_val=4, n_test=4, samples_per_prompt=4, max_new_tokens=6, beams=2, candidates=2, chunk_length=3,
+                    bon_n=4,
                     train_batch_size=4, train_top_blocks=1, dpo_epochs=2.0, fudge_epochs=2.0, sample_batch=4,
                     decode_batch=4, base_template="the {prompt}")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
@@ -56,17 +57,24 @@ def test_every_stage_meets_its_contract(pipeline_run):
     d = cfg.path
     assert seconds < 120, f"the tiny pipeline took {seconds:.0f} s"
     assert set(summaries) == {"sample", "label", "dpo", "fudge", "decode", "evaluate"}
+    assert all(x["sittings"] == 1 and 0 <= x["seconds"] < seconds for x in summaries.values())
     gold = VaderReward()
-    # sample: two scored responses per prompt, rewards are VADER's on prompt + response
+    # sample: four scored responses per prompt, rewards are VADER's on prompt + response
     samples = read_jsonl(d / "samples" / "train.jsonl")
     assert [s["prompt"] for s in samples] == (d.parent / "prompts" / "train.txt").read_text().split("\n")[:8]
     for s in samples:
-        assert len(s["responses"]) == 2 and len(s["rewards"]) == 2
+        assert len(s["responses"]) == 4 and len(s["rewards"]) == 4
         np.testing.assert_allclose(s["rewards"], gold([s["prompt"] + t for t in s["responses"]]))
-    # label: valid training records; the chosen/rejected split follows BT sampling from those rewards
+    # label: valid training records; a prompt's pairs are (1st, 2nd) and (3rd, 4th) of its non-empty responses
     for split in ("train", "val"):
-        for r in read_jsonl(d / "data" / f"pairs_{split}.jsonl"):
+        pairs = read_jsonl(d / "data" / f"pairs_{split}.jsonl")
+        for r in pairs:
             check_record(r, "preference")
+        for s in read_jsonl(d / "samples" / f"{split}.jsonl"):
+            kept = [t for t in s["responses"] if t.strip()]
+            mine = [{r["chosen"], r["rejected"]} for r in pairs if r["prompt"] == s["prompt"]]
+            expected = [{a, b} for a, b in zip(kept[0::2], kept[1::2])]
+            assert sorted(map(sorted, mine)) == sorted(map(sorted, expected))
         for r in read_jsonl(d / "data" / f"scored_{split}.jsonl"):
             check_record(r, "scored")
     # dpo / fudge: exported guides that load, an LM and a value model
@@ -107,6 +115,10 @@ def test_rerun_resumes_and_redoes_only_what_is_missing(pipeline_run):
     assert (d / "decode" / "ivg.jsonl").read_text() == before  # its parts were kept: same rows, not re-decoded
     assert (d / "decode" / "base.jsonl").stat().st_mtime_ns == stamp
     assert sum("done earlier" in x for x in lines) == 4
+    # the clock adds this sitting to the first one's time for the redone stages only
+    decode = json.loads((d / "stages" / "decode.json").read_text())
+    assert decode["sittings"] == 2 and decode["ivg"]["sittings"] == 2 and decode["base"]["sittings"] == 1
+    assert json.loads((d / "stages" / "dpo.json").read_text())["sittings"] == 1
     with pytest.raises(ivg_jax.IvgError, match="other settings"):
         run(SentimentConfig(**{**cfg.__dict__, "n_test": 3}), progress=False)
 

@@ -15,6 +15,7 @@ interrupted run loses at most one batch; the training stages resume from their O
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -48,7 +49,7 @@ class SentimentConfig:
     n_train: int = 400
     n_val: int = 100
     n_test: int = 200
-    samples_per_prompt: int = 2
+    samples_per_prompt: int = 4
     sample_temperature: float = 1.0
     max_new_tokens: int = 50
     temperature: float = 0.7
@@ -62,10 +63,10 @@ class SentimentConfig:
     implicit_weight: float = 1.0
     explicit_weight: float = 1.0
     dpo_beta: float = 0.1
-    dpo_learning_rate: float = 5e-4
-    dpo_epochs: float = 3.0
-    fudge_learning_rate: float = 5e-4
-    fudge_epochs: float = 3.0
+    dpo_learning_rate: float = 1e-4
+    dpo_epochs: float = 2.0
+    fudge_learning_rate: float = 1e-4
+    fudge_epochs: float = 2.0
     train_batch_size: int = 16
     train_top_blocks: int | None = 4
     sample_batch: int = 32
@@ -96,8 +97,8 @@ class SentimentConfig:
 SENTIMENT_HELP = {
     "model": "base = reference = starting point of both guides (default: the embedded SmolLM2-135M-Instruct)",
     "prompts_dir": "directory with train.txt, val.txt, test.txt (default: the shipped openings)",
-    "n_train": "train prompts (two samples each)", "n_val": "validation prompts", "n_test": "test prompts",
-    "samples_per_prompt": "continuations sampled per train / validation prompt",
+    "n_train": "train prompts", "n_val": "validation prompts", "n_test": "test prompts",
+    "samples_per_prompt": "continuations sampled per train / validation prompt (disjoint pairs: 1st-2nd, 3rd-4th, ...)",
     "sample_temperature": "temperature of the data-collection samples",
     "max_new_tokens": "new tokens per continuation", "temperature": "decoding temperature of the methods",
     "base_template": "the base's prompt template", "guide_template": "the guides' prompt template",
@@ -118,9 +119,9 @@ SENTIMENT_HELP = {
 PRESETS = {
     "full": {},
     # The README's main job: minutes on 2 CPU cores, every stage and method, small sizes.
-    "fast": dict(n_train=48, n_val=16, n_test=12, max_new_tokens=24, dpo_epochs=2.0, fudge_epochs=2.0,
-                 dpo_learning_rate=1e-3, fudge_learning_rate=1e-3, train_batch_size=8, train_top_blocks=2,
-                 sample_batch=48, decode_batch=12, beams=2, candidates=4, chunk_length=6, bon_n=8),
+    "fast": dict(n_train=48, n_val=16, n_test=12, samples_per_prompt=2, max_new_tokens=24, dpo_epochs=2.0,
+                 fudge_epochs=2.0, dpo_learning_rate=1e-3, fudge_learning_rate=1e-3, train_batch_size=8,
+                 train_top_blocks=2, sample_batch=48, decode_batch=12, beams=2, candidates=4, chunk_length=6, bon_n=8),
 }
 
 
@@ -147,6 +148,24 @@ def stage_done(cfg: SentimentConfig, stage: str) -> bool:
 
 def _mark_done(cfg: SentimentConfig, stage: str, summary: dict) -> None:
     _atomic_write(cfg.path / "stages" / f"{stage}.json", json.dumps(summary, indent=2))
+
+
+@contextlib.contextmanager
+def _stopwatch(cfg: SentimentConfig, key: str):
+    """Adds the wall time spent inside to `clock.json[key]`, also when the block is interrupted (Ctrl-C,
+    SIGTERM via the trainer, an error), so a run resumed over several sittings reports its whole cost.
+    Yields the entry, filled in on exit: {"seconds": total so far, "sittings": how many}."""
+    path = cfg.path / "clock.json"
+    t0 = time.perf_counter()
+    entry: dict = {}
+    try:
+        yield entry
+    finally:
+        clock = json.loads(path.read_text()) if path.exists() else {}
+        old = clock.get(key, {"seconds": 0.0, "sittings": 0})
+        entry.update(seconds=old["seconds"] + time.perf_counter() - t0, sittings=old["sittings"] + 1)
+        clock[key] = dict(entry)
+        _atomic_write(path, json.dumps(clock, indent=2))
 
 
 def _check_config(cfg: SentimentConfig) -> None:
@@ -281,15 +300,15 @@ def stage_label(cfg: SentimentConfig, models: Models, progress: bool = True) -> 
             kept = [(t, r, e) for t, r, e in zip(row["responses"], row["rewards"], row["ended"]) if t.strip()]
             dropped += len(row["responses"]) - len(kept)
             scored += [{"prompt": row["prompt"], "response": t, "reward": r, "eos": e} for t, r, e in kept]
-            if len(kept) < 2:
-                continue
-            (t1, r1, e1), (t2, r2, e2) = kept[:2]
-            first_wins = rng.random() < 1 / (1 + math.exp(-(r1 - r2)))
-            agree += first_wins == (r1 >= r2)
-            chosen, rejected = ((t1, e1), (t2, e2)) if first_wins else ((t2, e2), (t1, e1))
-            # A pair shares one "eos" flag in the schema; keep EOS only when both responses ended naturally.
-            pairs.append({"prompt": row["prompt"], "chosen": chosen[0], "rejected": rejected[0],
-                          "eos": bool(chosen[1] and rejected[1])})
+            # Disjoint pairs (1st, 2nd), (3rd, 4th), ...: every response is in at most one pair, so pairs of one
+            # prompt are independent draws, as in the paper's data.
+            for (t1, r1, e1), (t2, r2, e2) in zip(kept[0::2], kept[1::2]):
+                first_wins = rng.random() < 1 / (1 + math.exp(-(r1 - r2)))
+                agree += first_wins == (r1 >= r2)
+                chosen, rejected = ((t1, e1), (t2, e2)) if first_wins else ((t2, e2), (t1, e1))
+                # A pair shares one "eos" flag in the schema; keep EOS only when both responses ended naturally.
+                pairs.append({"prompt": row["prompt"], "chosen": chosen[0], "rejected": rejected[0],
+                              "eos": bool(chosen[1] and rejected[1])})
         if not pairs:
             raise InputError(f"no {split} prompt has two non-empty responses; sample more or longer continuations")
         _write_jsonl(cfg.path / "data" / f"pairs_{split}.jsonl", pairs)
@@ -356,12 +375,12 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
     import ivg_jax
 
     prompts = load_prompts(cfg, "test")
-    summary = {}
     for method in cfg.method_list:
         out_path = cfg.path / "decode" / f"{method}.jsonl"
-        if not out_path.exists():
+        if out_path.exists():
+            continue
+        with _stopwatch(cfg, f"decode/{method}"):
             guidance, search = method_setup(cfg, models, method)
-            t0 = time.perf_counter()
 
             def work(first: int, chunk: Sequence[str], guidance=guidance, search=search) -> list[dict]:
                 seeds = [_hash_seed(cfg.seed, "test", first + i) % 2**31 for i in range(len(chunk))]
@@ -373,8 +392,8 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
 
             _write_jsonl(out_path, _in_parts(cfg.path / "decode" / f"{method}.parts", prompts, cfg.decode_batch,
                                              f"decode {method}", progress, work))
-            summary[method] = {"seconds": time.perf_counter() - t0}
-    return summary
+    clock = json.loads((cfg.path / "clock.json").read_text()) if (cfg.path / "clock.json").exists() else {}
+    return {m: clock[f"decode/{m}"] for m in cfg.method_list if f"decode/{m}" in clock}
 
 
 def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
@@ -468,8 +487,9 @@ def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = T
             summaries[stage] = json.loads(marker.read_text())
             log(f"[{stage}] done earlier ({marker})")
             continue
-        t0 = time.perf_counter()
-        summary = STAGE_FNS[stage](cfg, models, progress) | {"seconds": round(time.perf_counter() - t0, 1)}
+        with _stopwatch(cfg, stage) as clock:
+            summary = STAGE_FNS[stage](cfg, models, progress)
+        summary |= {"seconds": round(clock["seconds"], 1), "sittings": clock["sittings"]}
         _mark_done(cfg, stage, summary)
         summaries[stage] = summary
         log(f"[{stage}] {summary['seconds']:.0f} s")
