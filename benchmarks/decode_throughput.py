@@ -4,6 +4,11 @@ Each (framework, batch) runs in its own process, so peak RSS is that framework's
 the same left-padded prompts for the same number of new tokens (no early stop), on the same CPU, in one run.
 
     python benchmarks/decode_throughput.py [--batches 1 16 64] [--new-tokens 32] [--repeats 3] [--out FILE]
+
+`--model DIR` benchmarks an HF checkpoint directory instead of the embedded GGUF; `--randomize` first writes
+random weights of DIR/config.json there with transformers (how the GPU run gets SmolLM2-shaped weights: the
+GGUF is over the device tool's transfer limit). On a GPU the transformers side runs on CUDA and the memory
+column is each framework's device peak instead of host RSS.
 """
 
 from __future__ import annotations
@@ -27,7 +32,17 @@ def prompts(batch: int) -> list[str]:
     return [" ".join(PROMPT_WORDS[: 8 + (i % 8)]) for i in range(batch)]
 
 
-def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str) -> dict:
+def randomize(model_dir: str) -> None:
+    """Random-init weights (seed 0) for the config.json in `model_dir`, saved there as safetensors."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    model.save_pretrained(model_dir)
+
+
+def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
     from ivg_jax.runtime import tune_cpu
 
     tune_cpu()
@@ -37,7 +52,7 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str) -> dict:
     from ivg_jax.decoding.plain import complete
     from ivg_jax.defaults import default_model_path
 
-    model = load_model(default_model_path(), dtype=dtype)
+    model = load_model(model_dir or default_model_path(), dtype=dtype)
     p = prompts(batch)
     t = time.perf_counter()
     complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
@@ -55,27 +70,36 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str) -> dict:
         ttft.append(time.perf_counter() - t)
     assert out.tokens.shape == (batch, new_tokens)
     steady = statistics.median(times)
+    stats = jax.devices()[0].memory_stats() or {}
     return dict(seconds=steady, compile_s=first - steady, ttft_s=statistics.median(ttft),
-                backend=jax.default_backend())
+                backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
 
 
-def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str) -> dict:
+def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ivg_jax.defaults import default_model_path
 
-    path = default_model_path()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if model_dir:
+        where = dict(pretrained_model_name_or_path=model_dir)
+    else:
+        path = default_model_path()
+        where = dict(pretrained_model_name_or_path=str(path.parent), gguf_file=path.name)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(**where)
     tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch_dtype).eval()
-    enc = tok(prompts(batch), return_tensors="pt", padding=True)
+    model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch_dtype).to(device).eval()
+    enc = tok(prompts(batch), return_tensors="pt", padding=True).to(device)
     kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
 
     def gen(n):
         with torch.no_grad():
-            return model.generate(**enc, max_new_tokens=n, min_new_tokens=n, **kwargs)
+            out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, **kwargs)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
 
     gen(2)  # warm-up
     times = []
@@ -89,13 +113,15 @@ def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str) -> dict:
         t = time.perf_counter()
         gen(1)
         ttft.append(time.perf_counter() - t)
+    on = f"{device}, {torch.get_num_threads()} threads" if device == "cpu" else device
     return dict(seconds=statistics.median(times), compile_s=0.0, ttft_s=statistics.median(ttft),
-                backend=f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+                backend=f"torch {torch.__version__} ({on})",
+                device_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0)
 
 
 def child(args) -> None:
     fn = run_ours if args.framework == "ivg-jax" else run_hf
-    result = fn(args.batch, args.new_tokens, args.repeats, args.dtype)
+    result = fn(args.batch, args.new_tokens, args.repeats, args.dtype, args.model)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -107,17 +133,24 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default=None, help="also write the Markdown table here")
+    ap.add_argument("--model", default=None, help="an HF checkpoint directory (default: the embedded SmolLM2 GGUF)")
+    ap.add_argument("--randomize", action="store_true", help="first write random weights for --model's config")
     ap.add_argument("--child", choices=["ivg-jax", "transformers"], dest="framework")
     ap.add_argument("--batch", type=int)
     args = ap.parse_args()
     if args.framework:
         return child(args)
+    if args.randomize:
+        if not args.model:
+            sys.exit("--randomize needs --model DIR holding a config.json")
+        randomize(args.model)
     rows = []
     for batch in args.batches:
         res = {}
         for fw in ("ivg-jax", "transformers"):
             cmd = [sys.executable, __file__, "--child", fw, "--batch", str(batch), "--new-tokens",
                    str(args.new_tokens), "--repeats", str(args.repeats), "--dtype", args.dtype]
+            cmd += ["--model", args.model] if args.model else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -128,17 +161,22 @@ def main() -> None:
             res[fw]["decode_tok_s"] = batch * (args.new_tokens - 1) / max(res[fw]["seconds"] - res[fw]["ttft_s"], 1e-9)
             print(f"batch {batch:3d} {fw:12s} {res[fw]['tok_s']:8.1f} tok/s (decode phase "
                   f"{res[fw]['decode_tok_s']:8.1f})  compile {res[fw]['compile_s']:5.1f}s  "
-                  f"ttft {res[fw]['ttft_s'] * 1000:7.1f} ms  peak {res[fw]['peak_rss_mb']:6.0f} MB", flush=True)
+                  f"ttft {res[fw]['ttft_s'] * 1000:7.1f} ms  peak {res[fw]['peak_rss_mb']:6.0f} MB RSS, "
+                  f"{res[fw]['device_peak_mb']:6.0f} MB device", flush=True)
         rows.append((batch, res))
     cpu = platform.processor() or platform.machine()
+    gpu = rows[0][1]["ivg-jax"]["backend"] == "gpu"
+    mem = "device peak" if gpu else "peak RSS"
+    weights = f"random weights in {args.model}" if args.randomize else (args.model or "the embedded GGUF")
     lines = [
-        f"SmolLM2-135M-Instruct ({args.dtype}), greedy, {args.new_tokens} new tokens, median of {args.repeats}; "
+        f"SmolLM2-135M-Instruct-shaped model ({weights}, {args.dtype}), greedy, {args.new_tokens} new tokens, "
+        f"median of {args.repeats}; "
         "tok/s counts prefill (end to end); decode phase excludes time to first token; "
         f"{os.cpu_count()} CPU cores ({cpu}); ivg-jax on {rows[0][1]['ivg-jax']['backend']}, baseline "
         f"{rows[0][1]['transformers']['backend']}.",
         "",
         "| batch | tok/s ivg-jax / HF | ratio | decode-phase tok/s ivg-jax / HF | ratio | ivg-jax compile s "
-        "| TTFT ivg-jax / HF ms | peak RSS ivg-jax / HF MB |",
+        f"| TTFT ivg-jax / HF ms | {mem} ivg-jax / HF MB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for batch, r in rows:
@@ -147,7 +185,8 @@ def main() -> None:
                      f"{a['decode_tok_s']:.1f} / {b['decode_tok_s']:.1f} | "
                      f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x | "
                      f"{a['compile_s']:.1f} | {a['ttft_s'] * 1000:.0f} / {b['ttft_s'] * 1000:.0f} | "
-                     f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |")
+                     + (f"{a['device_peak_mb']:.0f} / {b['device_peak_mb']:.0f} |" if gpu
+                        else f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |"))
     table = "\n".join(lines)
     print("\n" + table)
     if args.out:
