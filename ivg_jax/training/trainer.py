@@ -249,8 +249,8 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
             checkpoints.save(step, state, meta(), wait=True)
         bar.close()
         checkpoints.close()
-        raise KeyboardInterrupt(f"training stopped at step {step}; checkpoint saved in {run_dir / 'checkpoints'}, "
-                                "run the same command again to resume") from None
+        raise KeyboardInterrupt(f"training stopped at step {step}; checkpoint saved in {run_dir / 'checkpoints'}"
+                                ) from None
     bar.close()
     checkpoints.wait()
     if step < total:
