@@ -96,8 +96,15 @@ def test_every_stage_meets_its_contract(pipeline_run):
         rows = decoded[m]
         assert results[m]["reward"] == pytest.approx(np.mean(gold([r["prompt"] + r["text"] for r in rows])))
         assert results[m]["reward_ci"][0] <= results[m]["reward"] <= results[m]["reward_ci"][1]
+    # IVG minus each method, paired over the same prompts
+    ivg_rewards = gold([r["prompt"] + r["text"] for r in decoded["ivg"]])
+    for m in METHODS:
+        if m != "ivg":
+            diff = ivg_rewards - gold([r["prompt"] + r["text"] for r in decoded[m]])
+            mean, lo, hi = results["ivg"]["minus"][m]
+            assert mean == pytest.approx(diff.mean()) and lo <= mean <= hi
     table = (d / "results.md").read_text().strip().splitlines()
-    assert len(table) == 2 + len(METHODS)
+    assert len(table) == 2 + len(METHODS) + 3 + len(METHODS) - 1
     assert "\n".join(table) in stdout  # the command ends by printing the table
     assert (d / "reward_vs_kl.png").stat().st_size > 0 and (d / "reward_vs_compute.png").stat().st_size > 0
 

@@ -414,6 +414,15 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
                            "distinct_3": distinct_n(texts, 3),
                            "forward_tokens": float(np.mean([r["forward_tokens"] for r in rows])),
                            "prompts": len(rows)}
+        results[method]["_rewards"] = rewards
+    # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
+    # is much tighter than two overlapping marginal intervals suggest.
+    if "ivg" in results:
+        ivg = results["ivg"]
+        ivg["minus"] = {m: list(bootstrap_ci(ivg["_rewards"] - r["_rewards"], seed=_hash_seed(cfg.seed, "ivg", m)))
+                        for m, r in results.items() if m != "ivg"}
+    for r in results.values():
+        del r["_rewards"]
     table = results_table(cfg, results)
     _atomic_write(cfg.path / "results.json", json.dumps(results, indent=2))
     _atomic_write(cfg.path / "results.md", table + "\n")
@@ -437,6 +446,14 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
                      f"| {r['forward_tokens']:.0f} |")
+    if "minus" in results.get("ivg", {}):
+        ivg = results["ivg"]
+        lines += ["", "| IVG minus | gold reward difference (95% paired CI) | IVG compute / method's |",
+                  "|---|---|---|"]
+        for method, (mean, lo, hi) in ivg["minus"].items():
+            ratio = ivg["forward_tokens"] / results[method]["forward_tokens"]
+            lines.append(f"| {METHOD_LABELS[method].format(n=cfg.bon_n)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+                         f"| {ratio:.1f}x |")
     return "\n".join(lines)
 
 
