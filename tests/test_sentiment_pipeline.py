@@ -3,6 +3,7 @@ has something to judge): every stage on real files, each stage's output contract
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from oracle import word_tokenizer
 import ivg_jax
 from ivg_jax.config import ModelConfig
 from ivg_jax.evaluation.sentiment import VaderReward
-from ivg_jax.experiments.sentiment import METHODS, SentimentConfig, run
+from ivg_jax.experiments.sentiment import DEFAULT_METHODS, SentimentConfig, run
 from ivg_jax.experiments.sentiment.pipeline import read_jsonl
 from ivg_jax.loading import export_hf
 from ivg_jax.training.data import check_record
@@ -84,7 +85,7 @@ def test_every_stage_meets_its_contract(pipeline_run):
     assert summaries["dpo"]["best_metrics"]["val_accuracy"] is not None
     assert "val_baseline_mse" in summaries["fudge"]["best_metrics"]
     # decode: every method, every test prompt, within the token budget; search methods cost more compute
-    decoded = {m: read_jsonl(d / "decode" / f"{m}.jsonl") for m in METHODS}
+    decoded = {m: read_jsonl(d / "decode" / f"{m}.jsonl") for m in DEFAULT_METHODS}
     for m, rows in decoded.items():
         assert len(rows) == 4 and all(len(r["tokens"]) <= 6 for r in rows), m
     assert decoded["base"][0]["kl"] == 0.0 and decoded["eft"][0]["kl"] > -1e-4  # KL >= 0 up to float rounding
@@ -92,19 +93,19 @@ def test_every_stage_meets_its_contract(pipeline_run):
     assert cost["bon"] > cost["base"] and cost["ivg"] > cost["cbs_explicit"] > cost["base"]
     # evaluate: a table row per method, the numbers recomputable from the decode files, plots written
     results = json.loads((d / "results.json").read_text())
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         rows = decoded[m]
         assert results[m]["reward"] == pytest.approx(np.mean(gold([r["prompt"] + r["text"] for r in rows])))
         assert results[m]["reward_ci"][0] <= results[m]["reward"] <= results[m]["reward_ci"][1]
     # IVG minus each method, paired over the same prompts
     ivg_rewards = gold([r["prompt"] + r["text"] for r in decoded["ivg"]])
-    for m in METHODS:
+    for m in DEFAULT_METHODS:
         if m != "ivg":
             diff = ivg_rewards - gold([r["prompt"] + r["text"] for r in decoded[m]])
             mean, lo, hi = results["ivg"]["minus"][m]
             assert mean == pytest.approx(diff.mean()) and lo <= mean <= hi
     table = (d / "results.md").read_text().strip().splitlines()
-    assert len(table) == 2 + len(METHODS) + 3 + len(METHODS) - 1
+    assert len(table) == 2 + len(DEFAULT_METHODS) + 3 + len(DEFAULT_METHODS) - 1
     assert "\n".join(table) in stdout  # the command ends by printing the table
     assert (d / "reward_vs_kl.png").stat().st_size > 0 and (d / "reward_vs_compute.png").stat().st_size > 0
 
@@ -128,6 +129,48 @@ def test_rerun_resumes_and_redoes_only_what_is_missing(pipeline_run):
     assert json.loads((d / "stages" / "dpo.json").read_text())["sittings"] == 1
     with pytest.raises(ivg_jax.IvgError, match="other settings"):
         run(SentimentConfig(**{**cfg.__dict__, "n_test": 3}), progress=False)
+
+
+def test_baselines_at_ivg_compute_can_be_added_to_a_finished_run(pipeline_run):
+    cfg, _, _, _ = pipeline_run
+    d = cfg.path
+    stamp = (d / "decode" / "ivg.jsonl").stat().st_mtime_ns
+    more = SentimentConfig(**{**cfg.__dict__, "methods": cfg.methods + ",bon_matched,cbs_explicit_matched"})
+    lines = []
+    run(more, progress=False, log=lines.append)
+    assert sum("done earlier" in x for x in lines) == 4  # sample, label and both guides are reused
+    assert (d / "decode" / "ivg.jsonl").stat().st_mtime_ns == stamp
+    results = json.loads((d / "results.json").read_text())
+    # IVG: 4 models over W*K = 4 rows; the matched baselines: 2 models over 8 rows (best-of-8, W=2 x K=4)
+    cost = {m: results[m]["forward_tokens"] for m in ("ivg", "bon_matched", "cbs_explicit_matched", "bon")}
+    assert cost["bon_matched"] > 1.5 * cost["bon"]  # twice the samples; the prompt is read once either way
+    for m in ("bon_matched", "cbs_explicit_matched"):
+        assert 0.75 < cost[m] / cost["ivg"] < 1.25, cost
+        assert m in results["ivg"]["minus"]
+    table = (d / "results.md").read_text()
+    assert "best-of-8 (explicit value, IVG's compute)" in table and "CBS explicit, K = 4 (IVG's compute)" in table
+    run(cfg, progress=False, log=lines.append)  # a subset of the methods: nothing to redo
+    assert json.loads((d / "results.json").read_text()).keys() == results.keys()
+
+
+def test_sigterm_stops_the_command_and_keeps_its_clock(pipeline_run, tmp_path):
+    cfg, _, _, _ = pipeline_run
+    # A fresh run dir on the same tiny model; SIGTERM arrives while it works, the clock still records the sitting.
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in {**cfg.__dict__, "run_dir": str(tmp_path / "run")}.items()]
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "decode", "sentiment.py"), "--preset", "full",
+                             "--quiet", *flags], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    clock = tmp_path / "run" / "clock.json"
+    deadline = time.time() + 120
+    while not clock.exists() and proc.poll() is None and time.time() < deadline:  # the sample stage has ended
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted by SIGTERM" in err or "training stopped" in err
+    entries = json.loads(clock.read_text())
+    assert entries["sample"]["sittings"] == 1
+    finished = {p.stem for p in (tmp_path / "run" / "stages").glob("*.json")}
+    assert set(entries) - finished, (entries, finished)  # the stage running at SIGTERM recorded its time too
 
 
 def test_command_rejects_bad_settings_in_one_line(tmp_path):

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -150,6 +151,19 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _sigterm_interrupts() -> None:
+    """SIGTERM (a cancelled or preempted job, `kill`) stops a command the way Ctrl-C does, so every job records
+    what it finished (decode parts, the pipeline's clock, training checkpoints) before exiting. Background jobs
+    started by a non-interactive shell ignore SIGINT, so SIGTERM is how one stops them."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt("by SIGTERM")
+
+    try:
+        signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (main() called from a worker): leave signals alone
+        pass
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["recipe"]:
@@ -166,6 +180,7 @@ def main(argv=None) -> int:
     from ivg_jax.runtime import tune_cpu
 
     tune_cpu()
+    _sigterm_interrupts()
     import ivg_jax
 
     try:

@@ -30,11 +30,17 @@ from ivg_jax.errors import InputError, require_positive
 from ivg_jax.guidance import guidance_for
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
-METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
+# The issue's grid (run by default) and two baselines given IVG's compute: IVG runs four models (base, tuned,
+# reference, value) over W*K rows; best-of-N and CBS explicit run two (base, value), so they get 2*W*K samples
+# and W x 2K candidates.
+DEFAULT_METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
+METHODS = DEFAULT_METHODS + ("bon_matched", "cbs_explicit_matched")
 METHOD_LABELS = {
     "base": "base (plain sampling)", "bon": "best-of-{n} (explicit value)", "eft": "EFT (implicit, token level)",
     "cbs_implicit": "CBS implicit", "cbs_explicit": "CBS explicit", "ivg": "IVG (implicit token + explicit chunk)",
     "ivg_reversed": "reversed IVG (explicit token + implicit chunk)",
+    "bon_matched": "best-of-{n_matched} (explicit value, IVG's compute)",
+    "cbs_explicit_matched": "CBS explicit, K = {k_matched} (IVG's compute)",
 }
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 
@@ -71,7 +77,7 @@ class SentimentConfig:
     train_top_blocks: int | None = 4
     sample_batch: int = 32
     decode_batch: int = 8
-    methods: str = ",".join(METHODS)
+    methods: str = ",".join(DEFAULT_METHODS)
     dtype: str = "float32"
     seed: int = 0
 
@@ -93,6 +99,10 @@ class SentimentConfig:
     def path(self) -> Path:
         return Path(self.run_dir)
 
+    def label(self, method: str) -> str:
+        return METHOD_LABELS[method].format(n=self.bon_n, n_matched=2 * self.beams * self.candidates,
+                                            k_matched=2 * self.candidates)
+
 
 SENTIMENT_HELP = {
     "model": "base = reference = starting point of both guides (default: the embedded SmolLM2-135M-Instruct)",
@@ -112,7 +122,8 @@ SENTIMENT_HELP = {
     "train_top_blocks": "train only the top N blocks (none = full fine-tuning)",
     "sample_batch": "prompts per sampling call (one resumable part each)",
     "decode_batch": "prompts per decoding call (one resumable part each)",
-    "methods": "comma-separated subset of " + ",".join(METHODS), "dtype": "weights as float32 or bfloat16",
+    "methods": "comma-separated subset of " + ",".join(METHODS) + " (the last two: baselines at IVG's compute; "
+               "methods can be added to a finished run)", "dtype": "weights as float32 or bfloat16",
     "seed": "seed of sampling, labels and training",
 }
 
@@ -169,9 +180,10 @@ def _stopwatch(cfg: SentimentConfig, key: str):
 
 
 def _check_config(cfg: SentimentConfig) -> None:
-    """A run directory belongs to one configuration: resuming with other settings would mix results."""
+    """A run directory belongs to one configuration: resuming with other settings would mix results. The method
+    list is not part of it: each method's outputs depend only on the other settings, so methods can be added."""
     path = cfg.path / "config.json"
-    mine = dataclasses.asdict(cfg) | {"run_dir": None}
+    mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "methods")}
     if path.exists():
         previous = json.loads(path.read_text())
         changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
@@ -364,6 +376,8 @@ def method_setup(cfg: SentimentConfig, models: Models, method: str):
         "cbs_explicit": ("none", "explicit", beam),
         "ivg": ("implicit", "explicit", beam),
         "ivg_reversed": ("explicit", "implicit", beam),
+        "bon_matched": ("none", "explicit", ivg_jax.best_of_n(2 * cfg.beams * cfg.candidates)),
+        "cbs_explicit_matched": ("none", "explicit", ivg_jax.Search(cfg.beams, 2 * cfg.candidates, cfg.chunk_length)),
     }[method]
     guidance = guidance_for(token, chunk, tuned=models.tuned, reference=models.base, value=models.value,
                             implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
@@ -441,7 +455,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
     lines = ["| method | gold reward (95% CI) | NLL (nats/token) | ΔNLL vs base | KL(guided‖base) (nats) "
              "| distinct-2 | distinct-3 | forward tokens / prompt |", "|---|---|---|---|---|---|---|---|"]
     for method, r in results.items():
-        label = METHOD_LABELS[method].format(n=cfg.bon_n)
+        label = cfg.label(method)
         delta = f"{r['nll'] - base['nll']:+.2f}" if base else "—"
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
@@ -452,7 +466,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
                   "|---|---|---|"]
         for method, (mean, lo, hi) in ivg["minus"].items():
             ratio = ivg["forward_tokens"] / results[method]["forward_tokens"]
-            lines.append(f"| {METHOD_LABELS[method].format(n=cfg.bon_n)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+            lines.append(f"| {cfg.label(method)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
                          f"| {ratio:.1f}x |")
     return "\n".join(lines)
 
@@ -471,7 +485,7 @@ def plot_results(cfg: SentimentConfig, results: dict) -> None:
         for method, r in results.items():
             lo, hi = r["reward_ci"]
             ax.errorbar(r[x_key], r["reward"], yerr=[[r["reward"] - lo], [hi - r["reward"]]], fmt="o", capsize=3,
-                        label=METHOD_LABELS[method].format(n=cfg.bon_n))
+                        label=cfg.label(method))
         if x_key == "forward_tokens":
             ax.set_xscale("log")
         ax.set_xlabel(x_label)
@@ -483,6 +497,11 @@ def plot_results(cfg: SentimentConfig, results: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ run
+
+def _covers(summary: dict, cfg: SentimentConfig) -> bool:
+    """Whether a finished stage's marker covers this run's methods (decode / evaluate redo only what is new)."""
+    return "methods" not in summary or set(cfg.method_list) <= set(summary["methods"])
+
 
 def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = True,
         log: Callable[[str], None] = print) -> dict:
@@ -500,13 +519,15 @@ def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = T
         if stage not in stages:
             continue
         marker = cfg.path / "stages" / f"{stage}.json"
-        if marker.exists():
+        if marker.exists() and _covers(json.loads(marker.read_text()), cfg):
             summaries[stage] = json.loads(marker.read_text())
             log(f"[{stage}] done earlier ({marker})")
             continue
         with _stopwatch(cfg, stage) as clock:
             summary = STAGE_FNS[stage](cfg, models, progress)
         summary |= {"seconds": round(clock["seconds"], 1), "sittings": clock["sittings"]}
+        if stage in ("decode", "evaluate"):
+            summary["methods"] = cfg.method_list
         _mark_done(cfg, stage, summary)
         summaries[stage] = summary
         log(f"[{stage}] {summary['seconds']:.0f} s")
