@@ -150,7 +150,7 @@ class Attention(nnx.Module):
             cached = einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32)
             scores = jnp.concatenate([cached, scores], axis=-1)
             mask = jnp.concatenate([visible(positions, cache_pos, cfg.sliding_window), mask], axis=-1)
-        scores = jnp.where(mask[:, None, None], scores.astype(jnp.float32), MASK_VALUE)
+        scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         # Each dot writes in its natural (b, k, g, t, h) order and one small transpose follows: asking the dot
         # for btkgh directly made XLA:CPU's batched dot over the cache ~10x slower at decode shapes.

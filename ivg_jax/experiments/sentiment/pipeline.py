@@ -99,9 +99,19 @@ class SentimentConfig:
     def path(self) -> Path:
         return Path(self.run_dir)
 
+    @property
+    def matched_candidates(self) -> int:
+        """K of CBS explicit at IVG's compute: two models over W x 2K rows = IVG's four over W x K."""
+        return 2 * self.candidates
+
+    @property
+    def matched_bon_n(self) -> int:
+        """N of best-of-N at IVG's compute (two models over 2 W K rows)."""
+        return self.beams * self.matched_candidates
+
     def label(self, method: str) -> str:
-        return METHOD_LABELS[method].format(n=self.bon_n, n_matched=2 * self.beams * self.candidates,
-                                            k_matched=2 * self.candidates)
+        return METHOD_LABELS[method].format(n=self.bon_n, n_matched=self.matched_bon_n,
+                                            k_matched=self.matched_candidates)
 
 
 SENTIMENT_HELP = {
@@ -166,17 +176,22 @@ def _stopwatch(cfg: SentimentConfig, key: str):
     """Adds the wall time spent inside to `clock.json[key]`, also when the block is interrupted (Ctrl-C,
     SIGTERM via the trainer, an error), so a run resumed over several sittings reports its whole cost.
     Yields the entry, filled in on exit: {"seconds": total so far, "sittings": how many}."""
-    path = cfg.path / "clock.json"
     t0 = time.perf_counter()
     entry: dict = {}
     try:
         yield entry
     finally:
-        clock = json.loads(path.read_text()) if path.exists() else {}
+        clock = read_clock(cfg)
         old = clock.get(key, {"seconds": 0.0, "sittings": 0})
         entry.update(seconds=old["seconds"] + time.perf_counter() - t0, sittings=old["sittings"] + 1)
         clock[key] = dict(entry)
-        _atomic_write(path, json.dumps(clock, indent=2))
+        _atomic_write(cfg.path / "clock.json", json.dumps(clock, indent=2))
+
+
+def read_clock(cfg: SentimentConfig) -> dict:
+    """{key: {"seconds", "sittings"}} of `clock.json` ({} before the first stage ends)."""
+    path = cfg.path / "clock.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _check_config(cfg: SentimentConfig) -> None:
@@ -376,8 +391,9 @@ def method_setup(cfg: SentimentConfig, models: Models, method: str):
         "cbs_explicit": ("none", "explicit", beam),
         "ivg": ("implicit", "explicit", beam),
         "ivg_reversed": ("explicit", "implicit", beam),
-        "bon_matched": ("none", "explicit", ivg_jax.best_of_n(2 * cfg.beams * cfg.candidates)),
-        "cbs_explicit_matched": ("none", "explicit", ivg_jax.Search(cfg.beams, 2 * cfg.candidates, cfg.chunk_length)),
+        "bon_matched": ("none", "explicit", ivg_jax.best_of_n(cfg.matched_bon_n)),
+        "cbs_explicit_matched": ("none", "explicit",
+                                 ivg_jax.Search(cfg.beams, cfg.matched_candidates, cfg.chunk_length)),
     }[method]
     guidance = guidance_for(token, chunk, tuned=models.tuned, reference=models.base, value=models.value,
                             implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
@@ -406,7 +422,7 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
 
             _write_jsonl(out_path, _in_parts(cfg.path / "decode" / f"{method}.parts", prompts, cfg.decode_batch,
                                              f"decode {method}", progress, work))
-    clock = json.loads((cfg.path / "clock.json").read_text()) if (cfg.path / "clock.json").exists() else {}
+    clock = read_clock(cfg)
     return {m: clock[f"decode/{m}"] for m in cfg.method_list if f"decode/{m}" in clock}
 
 
@@ -415,10 +431,10 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
     from ivg_jax.evaluation.sentiment import VaderReward
 
     gold = VaderReward()
-    results = {}
+    results, rewards_of = {}, {}
     for method in cfg.method_list:
         rows = read_jsonl(cfg.path / "decode" / f"{method}.jsonl")
-        rewards = gold([r["prompt"] + r["text"] for r in rows])
+        rewards = rewards_of[method] = gold([r["prompt"] + r["text"] for r in rows])
         nll = continuation_nll(models.base(), [r["prompt"] for r in rows], [r["tokens"] for r in rows],
                                cfg.base_template)
         mean, lo, hi = bootstrap_ci(rewards, seed=_hash_seed(cfg.seed, method))
@@ -428,15 +444,12 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
                            "distinct_3": distinct_n(texts, 3),
                            "forward_tokens": float(np.mean([r["forward_tokens"] for r in rows])),
                            "prompts": len(rows)}
-        results[method]["_rewards"] = rewards
     # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
     # is much tighter than two overlapping marginal intervals suggest.
     if "ivg" in results:
-        ivg = results["ivg"]
-        ivg["minus"] = {m: list(bootstrap_ci(ivg["_rewards"] - r["_rewards"], seed=_hash_seed(cfg.seed, "ivg", m)))
-                        for m, r in results.items() if m != "ivg"}
-    for r in results.values():
-        del r["_rewards"]
+        results["ivg"]["minus"] = {
+            m: list(bootstrap_ci(rewards_of["ivg"] - r, seed=_hash_seed(cfg.seed, "ivg", m)))
+            for m, r in rewards_of.items() if m != "ivg"}
     table = results_table(cfg, results)
     _atomic_write(cfg.path / "results.json", json.dumps(results, indent=2))
     _atomic_write(cfg.path / "results.md", table + "\n")
@@ -519,8 +532,9 @@ def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = T
         if stage not in stages:
             continue
         marker = cfg.path / "stages" / f"{stage}.json"
-        if marker.exists() and _covers(json.loads(marker.read_text()), cfg):
-            summaries[stage] = json.loads(marker.read_text())
+        earlier = json.loads(marker.read_text()) if marker.exists() else None
+        if earlier is not None and _covers(earlier, cfg):
+            summaries[stage] = earlier
             log(f"[{stage}] done earlier ({marker})")
             continue
         with _stopwatch(cfg, stage) as clock:
