@@ -1,10 +1,22 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 
 # Tests run on the CPU in float32 whatever machine they are on; matmul precision must be full for 1e-4 parity.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Per-session caches, inherited by the subprocesses the tests start (CLI calls, notebooks, multi-process jobs):
+# XLA's compilation cache (the same tiny programs are compiled in dozens of fresh processes, and compiling is most
+# of their time on a 2-core CI machine) and ivg-jax's own (the GGUF's converted tokenizer). Fresh per session, so
+# no run depends on another's leftovers: every program and conversion still happens once within the run.
+_session_cache = tempfile.mkdtemp(prefix="ivg-jax-tests-cache-")
+atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_session_cache, "xla"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("IVG_JAX_CACHE_DIR", os.path.join(_session_cache, "ivg-jax"))
 sys.path.insert(0, os.path.dirname(__file__))
 
 import pytest  # noqa: E402

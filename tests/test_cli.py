@@ -29,15 +29,26 @@ def world(tmp_path_factory):
     export_hf(base, root / "base")
     export_hf(tiny_model(seed=1), root / "tuned")
     export_hf(attach_head(base, "value", scale=0.3, seed=2), root / "value")
-    prompts = [{"id": f"p{i}", "prompt": f"w{i % 20} w{(3 * i) % 20}"} for i in range(24)]
-    write_jsonl(root / "prompts.jsonl", prompts)
+    write_jsonl(root / "prompts.jsonl", [{"id": "p0", "prompt": "w1 w2"}])
     # Many small batches, so a kill lands mid-dataset however fast the machine decodes.
-    write_jsonl(root / "many.jsonl", [{"id": f"q{i}", "prompt": f"w{i % 20} w{(7 * i) % 20}"} for i in range(240)])
+    write_jsonl(root / "many.jsonl", [{"id": f"q{i}", "prompt": f"w{i % 20} w{(7 * i) % 20}"} for i in range(MANY)])
     return root
 
 
+MANY = 96  # 24 batches of 4
+
+
+@pytest.fixture(scope="module")
+def straight(world):
+    """The many-prompt job decoded in one uninterrupted, unsharded run: what resumed and sharded runs must equal."""
+    out = world / "straight.jsonl"
+    proc = ivg(*_decode_flags(world, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return _rows(out)
+
+
 def _decode_flags(world, output):
-    return ["decode", "--input", world / "prompts.jsonl", "--output", output, "--model", world / "base",
+    return ["decode", "--input", world / "many.jsonl", "--output", output, "--model", world / "base",
             "--tuned", world / "tuned", "--reference", world / "base", "--value", world / "value",
             "--token", "implicit", "--chunk", "explicit", "--beams", "2", "--candidates", "2", "--chunk-length", "2",
             "--max-new-tokens", "6", "--batch-size", "4", "--quiet"]
@@ -55,21 +66,13 @@ def test_help_lists_commands_and_defaults():
     assert "--chunk-length" in out and "(default: 0.7)" in out and "--config" in out and "--debug" in out
 
 
-def test_decode_killed_mid_dataset_resumes_to_the_uninterrupted_output(world, tmp_path):
-    def flags(output):
-        args = _decode_flags(world, output)
-        args[args.index("--input") + 1] = world / "many.jsonl"
-        return args
-
-    straight = tmp_path / "straight.jsonl"
-    proc = ivg(*flags(straight))
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = _rows(straight)
-    assert [r["id"] for r in rows] == [f"q{i}" for i in range(240)]
-    assert len({r["config"] for r in rows}) == 1 and all("score" in r and "kl" in r for r in rows)
+def test_decode_killed_mid_dataset_resumes_to_the_uninterrupted_output(world, straight, tmp_path):
+    assert [r["id"] for r in straight] == [f"q{i}" for i in range(MANY)]
+    assert len({r["config"] for r in straight}) == 1 and all("score" in r and "kl" in r for r in straight)
 
     killed = tmp_path / "killed.jsonl"
-    p = subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, flags(killed))],
+    flags = _decode_flags(world, killed)
+    p = subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, flags)],
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and (not killed.exists() or killed.read_text().count("\n") < 8):
@@ -77,24 +80,22 @@ def test_decode_killed_mid_dataset_resumes_to_the_uninterrupted_output(world, tm
     p.send_signal(signal.SIGKILL)
     p.wait()
     written = len(killed.read_text().splitlines())
-    assert 8 <= written < 240, f"the job was killed after {written} lines; the test needs it mid-dataset"
-    proc = ivg(*flags(killed))
+    assert 8 <= written < MANY, f"the job was killed after {written} lines; the test needs it mid-dataset"
+    proc = ivg(*flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert _rows(killed) == rows  # same ids, order, texts and scores; nothing lost or duplicated
+    assert _rows(killed) == straight  # same ids, order, texts and scores; nothing lost or duplicated
 
 
-def test_decode_shards_split_prompts_by_id(world, tmp_path):
+def test_decode_shards_split_prompts_by_id(world, straight, tmp_path):
     out = tmp_path / "sharded.jsonl"
     flags = _decode_flags(world, out)
     for i in range(2):
         assert ivg(*flags, "--num-shards", 2, "--shard-index", i).returncode == 0
     shards = [_rows(tmp_path / f"sharded.shard{i}-of-2.jsonl") for i in range(2)]
     ids = [r["id"] for s in shards for r in s]
-    assert sorted(ids) == sorted(f"p{i}" for i in range(24)) and all(shards)
+    assert sorted(ids) == sorted(f"q{i}" for i in range(MANY)) and all(shards)
     # A prompt's result depends on its id and seed only, not on which shard or batch decoded it.
-    whole = tmp_path / "whole.jsonl"
-    assert ivg(*_decode_flags(world, whole)).returncode == 0
-    by_id = {r["id"]: r for r in _rows(whole)}
+    by_id = {r["id"]: r for r in straight}
     assert all(r == by_id[r["id"]] for s in shards for r in s)
 
 

@@ -34,31 +34,23 @@ def test_config_read_from_gguf(models):
     assert cfg.tie_embeddings and cfg.rope_theta == 100000.0
 
 
-def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    """transformers' greedy continuation without stopping at EOS (so every prompt gives n tokens)."""
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
 def test_greedy_continuation_equals_transformers(models):
+    """Our batched, left-padded, jitted greedy decode against transformers by teacher forcing: along our path,
+    transformers' argmax at every step is our next token (so its greedy decode is our path, by induction), and our
+    logits of one full forward equal its logits."""
     ours, hf = models
-    hf.generation_config.eos_token_id = None
-    got = complete(ours, PROMPTS, max_new_tokens=NEW_TOKENS, stop_ids=[])  # batched, left-padded, jitted
+    got = complete(ours, PROMPTS, max_new_tokens=NEW_TOKENS, stop_ids=[])
     assert (got.lengths == NEW_TOKENS).all()
-    tok = ours.tokenizer
     for i, prompt in enumerate(PROMPTS):
-        ids = tok(prompt)["input_ids"]
-        expected = hf_greedy(hf, ids, NEW_TOKENS)
-        assert len(expected) == NEW_TOKENS
-        np.testing.assert_array_equal(got.tokens[i], expected, err_msg=f"prompt {i}: {prompt!r}")
-        # Logits along the whole greedy path, ours (one full forward) vs transformers.
-        full = np.array([ids + expected])
+        ids = ours.tokenizer(prompt)["input_ids"]
+        path = np.array([ids + got.tokens[i].tolist()])
         with torch.no_grad():
-            reference = hf(torch.tensor(full)).logits[0].numpy()
-        logits = np.asarray(ivg_jax.forward(ours, full))[0]
-        np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-4 * np.abs(reference).max())
+            reference = hf(torch.tensor(path)).logits[0].numpy()
+        np.testing.assert_array_equal(reference[len(ids) - 1:-1].argmax(-1), got.tokens[i],
+                                      err_msg=f"prompt {i}: {prompt!r}")
+        logits = np.asarray(ivg_jax.forward(ours, path))[0]
+        np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-4 * np.abs(reference).max(),
+                                   err_msg=f"prompt {i}")
     assert got.texts[3].strip(), "decoded text is empty"
 
 
@@ -97,3 +89,26 @@ def test_guided_generation_with_templates_and_stop_strings(models):
             assert "." in tok.decode(tokens[n - 1:n]) and "." not in tok.decode(tokens[:n - 1])
         assert text == full.split(".")[0]
     assert np.abs(out.log_ratio).max() > 0, "tuned and reference see different templates: guidance is non-zero"
+
+
+def test_gguf_tokenizer_is_converted_once_then_read_back_unchanged(tmp_path, monkeypatch):
+    """The cached tokenizer equals transformers' own conversion of the GGUF (the first load returns exactly that)."""
+    from ivg_jax.loading.loader import _gguf_tokenizer
+
+    monkeypatch.setenv("IVG_JAX_CACHE_DIR", str(tmp_path))
+    converted = _gguf_tokenizer(default_model_path())
+    entries = list((tmp_path / "tokenizers").iterdir())
+    assert len(entries) == 1 and (entries[0] / "tokenizer.json").exists()  # no staging directory left behind
+    cached = _gguf_tokenizer(default_model_path())
+    assert cached.get_vocab() == converted.get_vocab()
+    texts = ["Here is a movie review from imdb: I watched this movie last night and",
+             "naïve café — 東京 🎬\n\n  def f(x):\treturn x**2", "<|im_start|>user\nHi<|im_end|>", ""]
+    for text in texts:
+        assert cached(text)["input_ids"] == converted(text)["input_ids"], text
+        ids = converted(text)["input_ids"]
+        assert cached.decode(ids) == converted.decode(ids)
+    for attr in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id", "all_special_ids", "chat_template"):
+        assert getattr(cached, attr) == getattr(converted, attr), attr
+    chat = [{"role": "user", "content": "Review this film."}]
+    assert cached.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
+        converted.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
