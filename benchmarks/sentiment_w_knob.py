@@ -12,19 +12,19 @@ run's (checked on the prompts both decoded); every difference below is paired ov
 """
 
 import argparse
-import json
+from pathlib import Path
 
 import numpy as np
 
 from ivg_jax.evaluation.metrics import bootstrap_ci
 from ivg_jax.evaluation.sentiment import VaderReward
+from ivg_jax.experiments.sentiment.pipeline import read_jsonl
 
 FULL, KNOB = "runs/sentiment-full", "runs/sentiment-full-w2"
 
 
 def rows(run: str, method: str) -> list[dict]:
-    with open(f"{run}/decode/{method}.jsonl") as f:
-        return [json.loads(line) for line in f]
+    return read_jsonl(Path(run) / "decode" / f"{method}.jsonl")
 
 
 def main() -> None:

@@ -101,11 +101,11 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
 def _load_tokenizer(directory: Path, gguf_file: str | None = None):
     from transformers import AutoTokenizer
 
-    if gguf_file is None and not any((directory / f).exists() for f in (
-            "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")):
-        return None
     if gguf_file is not None:
         return _gguf_tokenizer(directory / gguf_file)
+    if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                                                  "vocab.json")):
+        return None
     # trust_remote_code stays False: checkpoints are data, never code.
     return AutoTokenizer.from_pretrained(str(directory), trust_remote_code=False)
 
@@ -131,10 +131,8 @@ def _gguf_tokenizer(path: Path):
     import transformers
     from transformers import AutoTokenizer
 
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(f, "sha256")
     cached = cache_dir() / "tokenizers" / f"{digest.hexdigest()[:24]}-transformers-{transformers.__version__}"
     if (cached / "tokenizer_config.json").exists():
         return AutoTokenizer.from_pretrained(str(cached), trust_remote_code=False)
