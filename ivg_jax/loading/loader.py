@@ -19,6 +19,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ivg_jax.config import ModelConfig, config_from_gguf, config_from_hf
+from ivg_jax.defaults import MODEL_NAMES, resolve_model_name
 from ivg_jax.errors import CheckpointError
 from ivg_jax.loading.gguf_source import GGUFSource
 from ivg_jax.loading.gguf_tokenizer import tokenizer_from_gguf
@@ -167,19 +168,20 @@ def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=
                tokenizer: bool = True, progress: bool = False) -> Model:
     """Loads a model for ivg-jax.
 
-    `path_or_id`: a HF checkpoint directory (config.json + safetensors, sharded or not), a `.gguf` file, or a
-    hub id (downloaded when the hub is reachable). `dtype`: "float32" (default) or "bfloat16".
+    `path_or_id`: a HF checkpoint directory (config.json + safetensors, sharded or not), a `.gguf` file, a
+    model name (`smollm2` / `default`: the embedded SmolLM2-135M-Instruct, see `ivg_jax.defaults`), or a hub id
+    (downloaded when the hub is reachable). `dtype`: "float32" (default) or "bfloat16".
     `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read.
     """
     dtype = _resolve_dtype(dtype)
-    text = str(path_or_id)
+    text = resolve_model_name(str(path_or_id))
     if _is_hub_id(text):
         path = _download(text)
     else:
         path = Path(text).expanduser()
     if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory; pass a checkpoint directory, a .gguf file or a "
-                              "hub id like 'HuggingFaceTB/SmolLM2-135M-Instruct'")
+        raise CheckpointError(f"{path}: no such file or directory; pass a checkpoint directory, a .gguf file, "
+                              f"a model name ({', '.join(MODEL_NAMES)}) or a hub id")
     if path.is_file():
         if path.suffix == ".gguf":
             return _load_gguf(path, dtype, mesh, rules, tokenizer, progress)

@@ -143,6 +143,11 @@ PRESETS = {
     "fast": dict(n_train=48, n_val=16, n_test=12, max_new_tokens=24, dpo_epochs=2.0,
                  fudge_epochs=2.0, dpo_learning_rate=1e-3, fudge_learning_rate=1e-3, train_batch_size=8,
                  train_top_blocks=2, sample_batch=48, decode_batch=12, beams=2, candidates=4, chunk_length=6, bon_n=8),
+    # CI's check that command 1 runs in a fresh install: every stage and method on the real model, tiny sizes
+    # (its numbers mean nothing).
+    "smoke": dict(n_train=8, n_val=4, n_test=4, max_new_tokens=8, dpo_epochs=1.0, fudge_epochs=1.0,
+                  train_batch_size=4, train_top_blocks=1, sample_batch=8, decode_batch=4, beams=2, candidates=2,
+                  chunk_length=4, bon_n=4),
 }
 
 
