@@ -137,6 +137,11 @@ def test_eval_summarises_a_decode_file(world, tmp_path):
     ("beams = \"two\"\n", [], "option 'beams' must be int, got str ('two')"),
     ("", ["--input", "/no/such/prompts.jsonl"], "input file /no/such/prompts.jsonl does not exist"),
     ("", ["--model", "/no/such/checkpoint"], "/no/such/checkpoint"),
+    # refused before any model loads: the missing checkpoint would be the error otherwise
+    ("", ["--temperature", "nan", "--model", "/no/such/checkpoint"], "temperature=nan must be a finite number"),
+    ("", ["--top-p", "0", "--model", "/no/such/checkpoint"], "top_p=0.0 must be in (0, 1]"),
+    ("", ["--top-k", "-1", "--model", "/no/such/checkpoint"], "top_k=-1 must be >= 1"),
+    ("", ["--num-shards", "0", "--model", "/no/such/checkpoint"], "num_shards must be >= 1"),
 ])
 def test_bad_configs_give_one_line(world, tmp_path, config_text, flags, message):
     config = tmp_path / "job.yaml"

@@ -75,8 +75,12 @@ def test_greedy_and_row_keys():
     assert int(a[1]) == int(b[0])
 
 
-def test_bad_sampling_values():
-    with pytest.raises(ValueError, match="temperature"):
-        Sampling(-1.0)
-    with pytest.raises(ValueError, match="top_p"):
-        Sampling(1.0, top_p=1.5)
+@pytest.mark.parametrize("kwargs,what", [
+    (dict(temperature=-1.0), "temperature"), (dict(temperature=float("nan")), "temperature"),
+    (dict(temperature=float("inf")), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"),
+    (dict(top_p=float("nan")), "top_p"), (dict(top_k=-1), "top_k")])
+def test_bad_sampling_values_are_input_errors(kwargs, what):
+    from ivg_jax.errors import InputError
+
+    with pytest.raises(InputError, match=what):
+        Sampling(**kwargs)

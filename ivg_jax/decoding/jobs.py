@@ -65,6 +65,15 @@ class DecodeJobConfig:
             raise InputError("implicit guidance needs --tuned and --reference model paths")
         if "explicit" in (self.token, self.chunk) and not self.value:
             raise InputError("explicit guidance needs a --value model path")
+        if self.num_shards is not None and self.num_shards < 1:
+            raise InputError(f"num_shards must be >= 1 (or unset: one shard per process); got {self.num_shards}")
+        self.sampling  # refuses bad sampling values here, before any model loads
+
+    @property
+    def sampling(self):
+        from ivg_jax.decoding.sampling import Sampling
+
+        return Sampling(self.temperature, top_k=self.top_k, top_p=self.top_p)
 
     def config_hash(self) -> str:
         """Hash of every setting that changes a prompt's result (not paths of files, batching or sharding)."""
@@ -138,7 +147,7 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
 
     import ivg_jax
 
-    n = cfg.num_shards or jax.process_count()
+    n = cfg.num_shards if cfg.num_shards is not None else jax.process_count()
     index = cfg.shard_index if cfg.shard_index is not None else jax.process_index()
     if not 0 <= index < n:
         raise InputError(f"shard_index {index} is outside [0, {n})")
@@ -151,7 +160,7 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
         return path
     base, guidance = _models(cfg)
     search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
-    sampling = ivg_jax.Sampling(cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    sampling = cfg.sampling
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(pending), disable=not progress, unit="prompt")

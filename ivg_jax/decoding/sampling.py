@@ -6,9 +6,12 @@ index, so a row's tokens do not depend on what else is in the batch.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
+
+from ivg_jax.errors import InputError
 
 NEG_INF = -jnp.inf
 
@@ -22,12 +25,13 @@ class Sampling:
     top_p: float | None = None
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        # `not x >= 0` rather than `x < 0`: NaN fails every comparison and would otherwise sample garbage.
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise InputError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k={self.top_k} must be >= 1 (or None/0 to disable)")
+            raise InputError(f"top_k={self.top_k} must be >= 1 (or None/0 to disable)")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (or None to disable)")
+            raise InputError(f"top_p={self.top_p} must be in (0, 1] (or None to disable)")
 
     @property
     def greedy(self) -> bool:
