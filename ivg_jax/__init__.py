@@ -1,5 +1,11 @@
 """ivg-jax: inference-time alignment of language models with Integrated Value Guidance, in JAX/Flax."""
 
+import os as _os
+
+# ivg-jax takes only tokenizers and GGUF converters from transformers, never its PyTorch models, so the advice
+# transformers prints on import where torch is absent (every fresh install) is noise here.
+_os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding.engine import Generation, generate
 from ivg_jax.decoding.sampling import Sampling

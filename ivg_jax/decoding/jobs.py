@@ -67,7 +67,7 @@ class DecodeJobConfig:
             raise InputError("explicit guidance needs a --value model path")
         if self.num_shards is not None and self.num_shards < 1:
             raise InputError(f"num_shards must be >= 1 (or unset: one shard per process); got {self.num_shards}")
-        self.sampling  # refuses bad sampling values here, before any model loads
+        _ = self.sampling  # refuses bad sampling values here, before any model loads
 
     @property
     def sampling(self):
