@@ -25,7 +25,7 @@ class Sampling:
     top_p: float | None = None
 
     def __post_init__(self):
-        # `not x >= 0` rather than `x < 0`: NaN fails every comparison and would otherwise sample garbage.
+        # NaN passes `x < 0` (it fails every comparison) and would sample garbage; inf flattens every row.
         if not (math.isfinite(self.temperature) and self.temperature >= 0):
             raise InputError(f"temperature={self.temperature} must be a finite number >= 0 (0 = greedy)")
         if self.top_k is not None and self.top_k < 0:

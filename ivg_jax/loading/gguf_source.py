@@ -55,15 +55,21 @@ def supported_quantisations() -> set:
     return {Q.F32, Q.F16} | set(quants._type_traits)
 
 
+def open_gguf(path: Path):
+    """`gguf.GGUFReader` of a file, or one line saying the file is not a readable GGUF."""
+    import gguf
+
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({e}); it is truncated or corrupt") from e
+
+
 class GGUFSource:
     def __init__(self, path: Path):
-        import gguf
 
         self.path = Path(path)
-        try:
-            self.reader = gguf.GGUFReader(str(self.path))
-        except Exception as e:
-            raise CheckpointError(f"{self.path}: not a readable GGUF file ({e}); it is truncated or corrupt") from e
+        self.reader = open_gguf(self.path)
         self.metadata: dict[str, Any] = {}
         for key, field in self.reader.fields.items():
             if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "merges", "token_type", "scores")):

@@ -24,13 +24,9 @@ _SPECIAL_TOKEN_IDS = {
 
 def read_tokenizer_metadata(path: Path) -> dict:
     """`general.architecture` and every `tokenizer.*` field of the file, decoded."""
-    import gguf
+    from ivg_jax.loading.gguf_source import open_gguf
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable GGUF file ({e}); it is truncated or corrupt") from e
-    return {key: field.contents() for key, field in reader.fields.items()
+    return {key: field.contents() for key, field in open_gguf(path).fields.items()
             if key.startswith("tokenizer.") or key == "general.architecture"}
 
 
