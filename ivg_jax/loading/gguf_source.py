@@ -67,7 +67,6 @@ def open_gguf(path: Path):
 
 class GGUFSource:
     def __init__(self, path: Path):
-
         self.path = Path(path)
         self.reader = open_gguf(self.path)
         self.metadata: dict[str, Any] = {}
