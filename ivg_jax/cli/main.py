@@ -48,6 +48,8 @@ TRAIN_HELP = {
     "label_smoothing": "conservative DPO: probability that a label is flipped",
     "reference_logprobs": "precompute (once, cached in the run dir) or per_batch",
     "train_top_blocks": "train only the top N blocks + final norm + untied head (default: full fine-tuning)",
+    "cache_trunk": "with train_top_blocks: run the frozen blocks once per example and keep their output in host "
+                   "memory (tokens x d_model floats), so steps run only the top blocks",
     "dtype": "weights as float32 or bfloat16",
     "seed": "data-shuffle and head-initialisation seed",
     "eval_every": "validate every N steps",

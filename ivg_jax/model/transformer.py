@@ -44,18 +44,19 @@ class Transformer(nnx.Module):
         elif cfg.head == "scalar":
             self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
 
-    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0):
+    def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0,
+               trunk: jax.Array | None = None):
         """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, K, T, H].
 
         `frozen_layers` > 0 (training without a cache) runs the bottom blocks as their own scan and stops the
         gradient at its output, so backpropagation never enters them: top-N-block training costs a forward of
-        the frozen part, not a backward.
+        the frozen part, not a backward. `trunk` [B, T, D], the bottom blocks' output for these tokens (from
+        `trunk_forward`), skips the embedding and the bottom blocks altogether; k and v then cover only the top
+        blocks.
         """
-        cfg = self.cfg
-        x = jnp.take(self.embed[...], tokens, axis=0)
-        if cfg.positions == "learned":
-            x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
-        inv_freq = jnp.asarray(rope_inverse_frequencies(cfg)) if cfg.positions == "rope" else None
+        if frozen_layers and cache is not None:
+            raise InputError("frozen_layers is a training option; it cannot be combined with a KV cache")
+        inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
 
         def layer(x, scanned):
@@ -64,17 +65,38 @@ class Transformer(nnx.Module):
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
             return x, (k, v)
 
-        if frozen_layers:
-            if cache is not None:
-                raise InputError("frozen_layers is a training option; it cannot be combined with a KV cache")
+        if not frozen_layers:
+            scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
+            x, (k, v) = jax.lax.scan(layer, self.embed_tokens(tokens, positions), scanned)
+            return self.final_norm(x), k, v
+        top = jax.tree.map(lambda a: a[frozen_layers:], block_params)
+        kv_bottom = None
+        if trunk is None:
             bottom = jax.tree.map(lambda a: a[:frozen_layers], block_params)
-            top = jax.tree.map(lambda a: a[frozen_layers:], block_params)
-            x, (k0, v0) = jax.lax.scan(layer, jax.lax.stop_gradient(x), (bottom, None, None))
-            x, (k1, v1) = jax.lax.scan(layer, jax.lax.stop_gradient(x), (top, None, None))
-            return self.final_norm(x), jnp.concatenate([k0, k1]), jnp.concatenate([v0, v1])
-        scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
-        x, (k, v) = jax.lax.scan(layer, x, scanned)
+            trunk, kv_bottom = jax.lax.scan(layer, self.embed_tokens(tokens, positions), (bottom, None, None))
+        x, (k, v) = jax.lax.scan(layer, jax.lax.stop_gradient(trunk), (top, None, None))
+        if kv_bottom is not None:
+            k, v = jnp.concatenate([kv_bottom[0], k]), jnp.concatenate([kv_bottom[1], v])
         return self.final_norm(x), k, v
+
+    def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+        """tokens, positions [B, T] -> the first block's input [B, T, D]."""
+        x = jnp.take(self.embed[...], tokens, axis=0)
+        if self.cfg.positions == "learned":
+            x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
+        return x
+
+    def trunk(self, tokens: jax.Array, positions: jax.Array, n_layers: int) -> jax.Array:
+        """The output of the bottom `n_layers` blocks (not normed): [B, T] -> [B, T, D]."""
+        inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
+        graphdef, block_params = nnx.split(self.blocks)
+        bottom = jax.tree.map(lambda a: a[:n_layers], block_params)
+
+        def layer(x, params):
+            x, _, _ = nnx.merge(graphdef, params)(x, positions, inv_freq, None, None, None)
+            return x, None
+
+        return jax.lax.scan(layer, self.embed_tokens(tokens, positions), bottom)[0]
 
     def head(self, h: jax.Array) -> jax.Array:
         """h: [B, T, D] -> float32 head output ([B, T, V] or [B, T] for the scalar head)."""
@@ -157,9 +179,24 @@ def full_forward(graphdef, params, tokens: jax.Array, mask: jax.Array) -> jax.Ar
     return out
 
 
-def train_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, frozen_layers: int = 0) -> jax.Array:
-    """Differentiable head output of a padded batch (call inside a jitted train step): tokens, mask [B, T] ->
-    [B, T, ...] float32. The bottom `frozen_layers` blocks get no gradient and no backward pass."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"))
+def trunk_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, n_layers: int) -> jax.Array:
+    """The bottom `n_layers` blocks' output of a padded batch: tokens, mask [B, T] -> [B, T, D] (model dtype).
+    Top-N-block training computes it once per example and starts every step from it (`train_forward(trunk=)`):
+    exact, since the frozen blocks never change."""
     model = nnx.merge(graphdef, params)
-    h, _, _ = model.hidden(tokens, positions_from_mask(mask), frozen_layers=frozen_layers)
+    return model.trunk(tokens, positions_from_mask(mask), n_layers)
+
+
+def train_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, frozen_layers: int = 0,
+                  trunk: jax.Array | None = None, window: jax.Array | None = None) -> jax.Array:
+    """Differentiable head output of a padded batch (call inside a jitted train step): tokens, mask [B, T] ->
+    [B, T, ...] float32, or [B, W, ...] at the positions `window` [B, W] (0 <= window < T) only — the vocab
+    projection is most of a small model's cost, and only the positions that predict targets need it. The
+    bottom `frozen_layers` blocks get no gradient and no backward pass; with `trunk` [B, T, D] (their output,
+    from `trunk_forward`) they are not run at all."""
+    model = nnx.merge(graphdef, params)
+    h, _, _ = model.hidden(tokens, positions_from_mask(mask), frozen_layers=frozen_layers, trunk=trunk)
+    if window is not None:
+        h = jnp.take_along_axis(h, window[..., None], axis=1)
     return model.head(h)

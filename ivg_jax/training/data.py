@@ -133,6 +133,7 @@ class Example:
     reward: float = 0.0
     group: int = 0  # examples sharing a prompt share a group (pairwise accuracy of value models)
     ref_logprobs: tuple[float, ...] | None = None  # DPO: the reference's summed log-probs, when precomputed
+    trunk: tuple[np.ndarray, ...] | None = None  # top-N training: the frozen blocks' output per sequence [T, D]
 
     @property
     def length(self) -> int:
@@ -168,7 +169,8 @@ def collate(examples: Sequence[Example], pad_id: int = 0, multiple: int = 16) ->
     """Right-padded arrays, the sequence axis rounded up to `multiple` (few distinct shapes -> few compiles).
 
     -> tokens, mask, loss_mask: [n_seq * batch, T] (pairs stacked chosen-first: rows [:B] chosen, [B:] rejected,
-    so one forward serves both), reward: [batch].
+    so one forward serves both), window [n_seq * batch, W] (`response_window`), reward: [batch]; and
+    trunk [n_seq * batch, T, D] / ref_logprobs [n_seq * batch] when every example carries them.
     """
     n_seq = len(examples[0].sequences)
     width = -(-max(e.length for e in examples) // multiple) * multiple
@@ -181,10 +183,30 @@ def collate(examples: Sequence[Example], pad_id: int = 0, multiple: int = 16) ->
         mask[i, :len(ids)] = True
         loss_mask[i, :len(ids)] = lm
     batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
-             "reward": np.asarray([e.reward for e in examples], np.float32)}
+             "reward": np.asarray([e.reward for e in examples], np.float32),
+             "window": response_window(loss_mask, multiple=8)}
+    if all(e.trunk is not None for e in examples):
+        first = examples[0].trunk[0]
+        trunk = np.zeros((len(rows), width, first.shape[-1]), first.dtype)
+        for i, h in enumerate(e.trunk[s] for s in range(n_seq) for e in examples):
+            trunk[i, :len(h)] = h
+        batch["trunk"] = trunk
     if all(e.ref_logprobs is not None for e in examples):
         batch["ref_logprobs"] = np.asarray([e.ref_logprobs[s] for s in range(n_seq) for e in examples], np.float32)
     return batch
+
+
+def response_window(loss_mask: np.ndarray, multiple: int = 8) -> np.ndarray:
+    """[R, T] loss mask -> [R, W] the positions whose outputs predict a target: each row's last context token
+    and its targets but the last (the target at t is predicted at t - 1), then padding, -1. W is the longest
+    row's count rounded up to `multiple` (at most T). Losses read outputs there only (`window_view`)."""
+    rows, width = loss_mask.shape
+    first = np.where(loss_mask.any(1), np.argmax(loss_mask, 1), width)
+    last = width - 1 - np.argmax(loss_mask[:, ::-1], 1)
+    count = np.where(loss_mask.any(1), last - first + 1, 0)  # targets, hence outputs, per row
+    w = min(width, max(1, -(-int(count.max()) // multiple) * multiple))
+    window = (first - 1)[:, None] + np.arange(w)[None]
+    return np.where(np.arange(w)[None] < count[:, None], window, -1).astype(np.int32)
 
 
 @dataclasses.dataclass

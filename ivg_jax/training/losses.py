@@ -1,8 +1,9 @@
 """The objectives of spec §5 as pure functions of model outputs (float32 throughout).
 
-Shapes: B sequences (pairs are stacked chosen-first, 2B rows), T time, V vocab. A `loss_mask` [B, T] marks the
-response tokens; token t is predicted by the output at t - 1, so masks are read one column to the right of the
-outputs that score them.
+Every function takes *aligned* arrays: `out` [B, W, ...] holds the outputs at the positions that predict
+`targets` [B, W], and `target_mask` [B, W] marks the real targets (response tokens, EOS included). The train
+step aligns them (`steps.aligned_targets`): the output at t predicts token t + 1, and usually only the response
+window is projected to the vocabulary at all. B sequences (pairs stacked chosen-first, 2B rows), V vocab.
 """
 
 from __future__ import annotations
@@ -11,22 +12,21 @@ import jax
 import jax.numpy as jnp
 
 
-def token_logprobs(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """logits [B, T, V], tokens [B, T] -> [B, T] log p(tokens[t] | < t); column 0 (no context) is 0."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    taken = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(taken, ((0, 0), (1, 0)))
+def target_logprobs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """logits [B, W, V], targets [B, W] -> [B, W] log p(target | context)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
-def sequence_logprobs(logits: jax.Array, tokens: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    """[B] summed log-probs of the response tokens (prompt and padding masked)."""
-    return jnp.sum(jnp.where(loss_mask, token_logprobs(logits, tokens), 0.0), axis=1)
+def sequence_logprobs(logits: jax.Array, targets: jax.Array, target_mask: jax.Array) -> jax.Array:
+    """[B] summed log-probs of the targets (everything else masked)."""
+    return jnp.sum(jnp.where(target_mask, target_logprobs(logits, targets), 0.0), axis=1)
 
 
-def sft_loss(logits, tokens, loss_mask) -> tuple[jax.Array, dict]:
+def sft_loss(logits, targets, target_mask) -> tuple[jax.Array, dict]:
     """Mean next-token NLL over every target token of the batch."""
-    row_nll = -jnp.sum(jnp.where(loss_mask, token_logprobs(logits, tokens), 0.0), axis=1)
-    row_tokens = loss_mask.sum(1)
+    row_nll = -sequence_logprobs(logits, targets, target_mask)
+    row_tokens = target_mask.sum(1)
     nll = row_nll.sum() / jnp.maximum(row_tokens.sum(), 1)
     return nll, {"loss": nll, "tokens": row_tokens.sum(), "row_nll": row_nll, "row_tokens": row_tokens}
 
@@ -49,26 +49,26 @@ def dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: flo
                   "pair_chosen_reward": chosen_reward, "pair_rejected_reward": rejected_reward}
 
 
-def taken_values(values: jax.Array, tokens: jax.Array) -> jax.Array:
-    """values [B, T, V] (S_t), tokens [B, T] -> [B, T] S_{t-1}[y_t]: the value of each prefix ending at t."""
-    taken = jnp.take_along_axis(values[:, :-1].astype(jnp.float32), tokens[:, 1:, None], axis=-1)[..., 0]
-    return jnp.pad(taken, ((0, 0), (1, 0)))
+def taken_values(values: jax.Array, targets: jax.Array) -> jax.Array:
+    """values [B, W, V] (S_t at the positions before the targets), targets [B, W] -> [B, W] S_{t-1}[y_t]:
+    the value of each prefix ending at a target."""
+    return jnp.take_along_axis(values.astype(jnp.float32), targets[..., None], axis=-1)[..., 0]
 
 
-def end_scores(per_token: jax.Array, loss_mask: jax.Array) -> jax.Array:
-    """[B, T] -> [B] the entry at each row's last response token (EOS when the row has one)."""
-    last = loss_mask.shape[1] - 1 - jnp.argmax(loss_mask[:, ::-1], axis=1)
+def end_scores(per_token: jax.Array, mask: jax.Array) -> jax.Array:
+    """[B, W] -> [B] the entry at each row's last masked column (EOS when the row has one)."""
+    last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)
     return jnp.take_along_axis(per_token, last[:, None], axis=1)[:, 0]
 
 
-def fudge_loss(values, tokens, loss_mask, reward) -> tuple[jax.Array, dict]:
+def fudge_loss(values, targets, target_mask, reward) -> tuple[jax.Array, dict]:
     """Token-value regression: per sequence mean_t (S_{t-1}[y_t] - r)² over its response tokens, then the
     batch mean (every sequence weighs the same however long). Also the end score S_{n-1}[y_n]."""
-    q = taken_values(values, tokens)
-    sq = jnp.where(loss_mask, (q - reward[:, None]) ** 2, 0.0)
-    per_seq = sq.sum(1) / jnp.maximum(loss_mask.sum(1), 1)
+    q = taken_values(values, targets)
+    sq = jnp.where(target_mask, (q - reward[:, None]) ** 2, 0.0)
+    per_seq = sq.sum(1) / jnp.maximum(target_mask.sum(1), 1)
     loss = per_seq.mean()
-    return loss, {"loss": loss, "end_score": end_scores(q, loss_mask), "per_sequence": per_seq}
+    return loss, {"loss": loss, "end_score": end_scores(q, target_mask), "per_sequence": per_seq}
 
 
 def bradley_terry_loss(score_chosen, score_rejected) -> tuple[jax.Array, dict]:

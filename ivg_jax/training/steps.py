@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from ivg_jax.errors import InputError
-from ivg_jax.model.transformer import full_forward, train_forward
+from ivg_jax.model.transformer import train_forward
 from ivg_jax.sharding import constrain, named_sharding, param_logical_axes, put
 from ivg_jax.training import losses
 
@@ -76,22 +76,39 @@ def join_params(trainable: dict, frozen: dict) -> dict:
     return params
 
 
+def aligned_targets(batch: dict) -> tuple[jax.Array, jax.Array]:
+    """-> (targets, target_mask) [R, W]: the token each window position predicts (window + 1) and whether it is
+    a real target. `batch["window"]` [R, W] (from `data.response_window`; -1 = padding) names the positions."""
+    window = batch["window"]
+    valid = window >= 0
+    nxt = jnp.where(valid, window + 1, 0)
+    targets = jnp.take_along_axis(batch["tokens"], nxt, axis=1)
+    return targets, valid & jnp.take_along_axis(batch["loss_mask"], nxt, axis=1)
+
+
 def objective_outputs(objective: Objective, out: jax.Array, batch: dict) -> tuple[jax.Array, dict]:
-    """Model head output [R, T, ...] + batch -> (loss, metrics incl. per-example arrays for validation)."""
-    tokens, loss_mask = batch["tokens"], batch["loss_mask"]
+    """Head output + batch -> (loss, metrics incl. per-example arrays for validation). `out` is [R, W, ...] at
+    the response window for the token objectives (sft, dpo, fudge) and [R, T] for the reward model."""
+    if objective.kind == "reward":
+        half = batch["tokens"].shape[0] // 2
+        scores = losses.end_scores(out, batch["loss_mask"])
+        loss, metrics = losses.bradley_terry_loss(scores[:half], scores[half:])
+        return loss, {**metrics, "score_chosen": scores[:half], "score_rejected": scores[half:]}
+    targets, target_mask = aligned_targets(batch)
     if objective.kind == "sft":
-        return losses.sft_loss(out, tokens, loss_mask)
+        return losses.sft_loss(out, targets, target_mask)
     if objective.kind == "fudge":
-        return losses.fudge_loss(out, tokens, loss_mask, batch["reward"])
-    half = tokens.shape[0] // 2
-    if objective.kind == "dpo":
-        logps = losses.sequence_logprobs(out, tokens, loss_mask)
-        ref = batch["ref_logprobs"]
-        return losses.dpo_loss(logps[:half], logps[half:], ref[:half], ref[half:], objective.beta,
-                               objective.label_smoothing)
-    scores = losses.end_scores(out, loss_mask)
-    loss, metrics = losses.bradley_terry_loss(scores[:half], scores[half:])
-    return loss, {**metrics, "score_chosen": scores[:half], "score_rejected": scores[half:]}
+        return losses.fudge_loss(out, targets, target_mask, batch["reward"])
+    half = targets.shape[0] // 2
+    logps = losses.sequence_logprobs(out, targets, target_mask)
+    ref = batch["ref_logprobs"]
+    return losses.dpo_loss(logps[:half], logps[half:], ref[:half], ref[half:], objective.beta,
+                           objective.label_smoothing)
+
+
+def head_window(objective: Objective, batch: dict) -> jax.Array | None:
+    """Where the head is applied: the response window for token objectives, everywhere for the reward model."""
+    return None if objective.kind == "reward" else jnp.maximum(batch["window"], 0)
 
 
 _SCALARS = ("loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "tokens")
@@ -113,9 +130,11 @@ class StepFns:
 
 
 def build_steps(objective: Objective, graphdef, optimizer: optax.GradientTransformation, frozen_layers: int,
-                mesh=None, rules=None, ref_graphdef=None) -> StepFns:
+                mesh=None, rules=None, ref_graphdef=None, reference_uses_trunk: bool = False) -> StepFns:
     """train(state, frozen, batch) -> (state, scalar metrics); evaluate(state, frozen, batch) -> metrics with
-    per-example arrays; reference(ref_params, batch) -> [2B] summed log-probs (DPO only)."""
+    per-example arrays; reference(ref_params, batch) -> [2B] summed log-probs (DPO only). Batches with a
+    "trunk" (the frozen blocks' output) skip those blocks; so does the reference when `reference_uses_trunk`
+    (its embeddings and bottom blocks are bitwise the policy's)."""
     rules_kw = {} if rules is None else {"rules": rules}
 
     def shard_batch(batch: dict) -> dict:
@@ -123,7 +142,8 @@ def build_steps(objective: Objective, graphdef, optimizer: optax.GradientTransfo
 
     def loss_fn(trainable, frozen, batch):
         batch = {k: constrain(v, ("batch",) + (None,) * (v.ndim - 1), mesh, **rules_kw) for k, v in batch.items()}
-        out = train_forward(graphdef, join_params(trainable, frozen), batch["tokens"], batch["mask"], frozen_layers)
+        out = train_forward(graphdef, join_params(trainable, frozen), batch["tokens"], batch["mask"], frozen_layers,
+                            trunk=batch.get("trunk"), window=head_window(objective, batch))
         return objective_outputs(objective, out, batch)
 
     def train(state, frozen, batch):
@@ -145,8 +165,10 @@ def build_steps(objective: Objective, graphdef, optimizer: optax.GradientTransfo
 
         @jax.jit
         def reference(ref_params, batch):
-            out = full_forward(rg, ref_params, batch["tokens"], batch["mask"])
-            return losses.sequence_logprobs(out, batch["tokens"], batch["loss_mask"])
+            trunk = batch["trunk"] if reference_uses_trunk else None
+            out = train_forward(rg, ref_params, batch["tokens"], batch["mask"], frozen_layers if trunk is not None
+                                else 0, trunk=trunk, window=head_window(objective, batch))
+            return losses.sequence_logprobs(out, *aligned_targets(batch))
 
     return StepFns(jax.jit(init), jax.jit(train, donate_argnums=(0,)), jax.jit(evaluate), reference, shard_batch)
 

@@ -4,6 +4,7 @@ checkpoints, JSONL metrics, a progress bar, exact resume and the final HF export
 Run directory layout:
     config.json           the job (a resume must match it)
     metrics.jsonl         one line per logged train step and per validation
+    validation/<step>.npz  per-example validation outputs (file order)
     reference_logprobs.npz  DPO with precomputed reference log-probs (computed once, reused on resume)
     checkpoints/<step>/   Orbax checkpoints (latest N + best by validation)
     export/               the best checkpoint as an HF directory (our loader and transformers both read it)
@@ -75,6 +76,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     reference_logprobs: str = "precompute"
     train_top_blocks: int | None = None
+    cache_trunk: bool = True
     dtype: str = "float32"
     seed: int = 0
     eval_every: int = 50
@@ -193,10 +195,15 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     trainable = shard_model_params(trainable, abstract, mesh, rules)
     frozen = shard_model_params(frozen, abstract, mesh, rules)
     optimizer = make_optimizer(OptimConfig(**cfg.optim_fields()), total)
-    fns = build_steps(objective, model.graphdef, optimizer, frozen_layers, mesh, rules,
-                      ref_graphdef=None if ref_model is None else ref_model.graphdef)
-    state = fns.init(trainable)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
+    cached = frozen_layers > 0 and cfg.cache_trunk
+    if cached:
+        attach_trunk(model, frozen_layers, list(train_examples) + list(val_examples), eval_bs, pad_id, mesh, rules)
+    fns = build_steps(objective, model.graphdef, optimizer, frozen_layers, mesh, rules,
+                      ref_graphdef=None if ref_model is None else ref_model.graphdef,
+                      reference_uses_trunk=cached and ref_model is not None
+                      and shares_bottom(model, ref_model, frozen_layers))
+    state = fns.init(trainable)
 
     if objective.kind == "dpo" and cfg.reference_logprobs == "precompute":
         _attach_reference(fns, ref_model, train_examples, val_examples, eval_bs, pad_id,
@@ -211,9 +218,10 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     baseline = float(np.mean([e.reward for e in train_examples])) if objective.kind == "fudge" else None
 
     def validate(step: int) -> dict:
-        out = _validate(fns, objective, state, frozen, val_examples, eval_bs, pad_id, baseline,
-                        None if cfg.reference_logprobs == "precompute" else ref_model)
+        out, per_example = _validate(fns, objective, state, frozen, val_examples, eval_bs, pad_id, baseline,
+                                     None if cfg.reference_logprobs == "precompute" else ref_model)
         _log(run_dir, {"step": step, "split": "val", **out})
+        _save_per_example(run_dir / "validation" / f"{step}.npz", per_example)
         return out
 
     meta = lambda: {"data": batches.state(), "fingerprint": cfg.fingerprint()}  # noqa: E731
@@ -351,6 +359,33 @@ class _InterruptOnSigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
+def shares_bottom(model: Model, other: Model, n_layers: int) -> bool:
+    """Whether `other` has bitwise the same embeddings and bottom `n_layers` blocks (so the same trunk output)."""
+    if other is model:
+        return True
+    if other.config != model.config:
+        return False
+    mine, theirs = (split_params(m.params, n_layers)[1] for m in (model, other))
+    equal = jax.tree.map(lambda a, b: a.shape == b.shape and bool(jnp.array_equal(a, b)), mine, theirs)
+    return all(jax.tree.leaves(equal))
+
+
+def attach_trunk(model: Model, n_layers: int, examples, batch_size: int, pad_id: int, mesh=None,
+                 rules=None) -> None:
+    """Runs the frozen bottom `n_layers` blocks once per example and keeps their output [T, D] per sequence on
+    the host (`Example.trunk`), so each train step runs only the trained top blocks: exact, since the frozen
+    blocks never change; host memory = tokens x d_model x dtype bytes (about 2.3 kB a token for SmolLM2)."""
+    from ivg_jax.model.transformer import trunk_forward
+    from ivg_jax.sharding import put
+
+    rules_kw = {} if rules is None else {"rules": rules}
+    for i, (batch, n) in enumerate(data_lib.fixed_batches(examples, batch_size, pad_id)):
+        tokens, mask = (put(batch[k], ("batch", None), mesh, **rules_kw) for k in ("tokens", "mask"))
+        hidden = to_host(trunk_forward(model.graphdef, model.params, tokens, mask, n_layers))  # [n_seq * B, T, D]
+        for j, e in enumerate(examples[i * batch_size:i * batch_size + n]):
+            e.trunk = tuple(hidden[s * batch_size + j, :len(ids)] for s, (ids, _) in enumerate(e.sequences))
+
+
 def _attach_reference(fns, ref_model: Model, train_examples, val_examples, batch_size: int, pad_id: int,
                       cache: Path) -> None:
     """Reference log-probs of every train and validation pair, computed once (and cached in the run directory
@@ -385,7 +420,19 @@ def _validate(fns, objective: Objective, state, frozen, examples, batch_size: in
         for k, v in per_example.items():
             rows.setdefault(k, []).append(np.asarray(v)[:n])
     cat = {k: np.concatenate(v) for k, v in rows.items()}
-    return summarize(objective, cat, examples, baseline)
+    return summarize(objective, cat, examples, baseline), cat
+
+
+def _save_per_example(path: Path, arrays: dict) -> None:
+    """validation/<step>.npz: each validation example's outputs in file order (DPO: implicit rewards `chosen`,
+    `rejected`; reward models: scores; FUDGE: `end_score`, `sq_error`; SFT: `nll`, `tokens`), for analyses the
+    summary cannot do (e.g. accuracy against other labels)."""
+    if jax.process_index() != 0:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _per_example(objective: Objective, metrics: dict, batch: dict) -> dict:
