@@ -4,6 +4,9 @@ Every message says what was wrong, where (file, key, shape) and what to do about
 """
 
 
+import string
+
+
 class IvgError(ValueError):
     """Base class of ivg-jax's user-facing errors."""
 
@@ -25,3 +28,29 @@ def require_positive(config, names) -> None:
     for name in names:
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1; got {getattr(config, name)}")
+
+
+DTYPE_NAMES = ("float32", "bfloat16")
+
+
+def require_dtype(dtype: str, where: str = "dtype") -> None:
+    if dtype not in DTYPE_NAMES:
+        raise InputError(f"{where} must be one of {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+
+
+def check_template(template: str, where: str = "template") -> None:
+    """A prompt template is filled with `str.format(prompt=...)`: it needs a `{prompt}` field and no other, and
+    writes literal braces doubled. Checked when a config is made, so a bad one never waits for a model to load."""
+    if not isinstance(template, str):
+        raise InputError(f"{where} must be a string with a '{{prompt}}' field; got {template!r}")
+    try:
+        fields = {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+    except ValueError as e:  # a lone '{' or '}'
+        raise InputError(f"{where} {template!r}: {e}; write a literal brace as '{{{{' or '}}}}'") from None
+    others = sorted(fields - {"prompt"})
+    if others:
+        raise InputError(f"{where} {template!r} has fields {others}, but only {{prompt}} is filled; write literal "
+                         "braces as '{{' and '}}'")
+    if "prompt" not in fields:
+        raise InputError(f"{where} {template!r} has no '{{prompt}}' field; write e.g. "
+                         "'Here is a movie review: {prompt}'")

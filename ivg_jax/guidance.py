@@ -13,17 +13,11 @@ from typing import Literal
 
 import numpy as np
 
-from ivg_jax.errors import InputError, UnsupportedError
+from ivg_jax.errors import InputError, UnsupportedError, check_template
 from ivg_jax.model.api import Model
 
 Mode = Literal["none", "implicit", "explicit"]
 MODES = ("none", "implicit", "explicit")
-
-
-def check_template(template: str, where: str) -> None:
-    if "{prompt}" not in template:
-        raise InputError(f"{where}: template {template!r} has no '{{prompt}}' field; write e.g. "
-                         f"'Here is a movie review: {{prompt}}'")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -193,6 +193,18 @@ def main(argv=None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError as e:
+        if args.debug:
+            raise
+        print(f"error: a file is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.debug:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"error: {e.strerror or e}{where}; check the path, its permissions and free disk space",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt as e:
         print(f"\ninterrupted {e}; rerun the same command to resume", file=sys.stderr)
         return 130

@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 
 from ivg_jax import jsonl
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, check_template, require_dtype, require_positive
 from ivg_jax.guidance import guidance_for
 
 MODES = ("none", "implicit", "explicit")
@@ -67,6 +67,12 @@ class DecodeJobConfig:
             raise InputError("explicit guidance needs a --value model path")
         if self.num_shards is not None and self.num_shards < 1:
             raise InputError(f"num_shards must be >= 1 (or unset: one shard per process); got {self.num_shards}")
+        require_positive(self, ("beams", "candidates", "max_new_tokens"))
+        if self.chunk_length is not None and self.chunk_length < 1:
+            raise InputError(f"chunk_length must be >= 1 (or unset); got {self.chunk_length}")
+        check_template(self.base_template, "base_template")
+        check_template(self.guide_template, "guide_template")
+        require_dtype(self.dtype)
         _ = self.sampling  # refuses bad sampling values here, before any model loads
 
     @property

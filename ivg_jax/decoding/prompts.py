@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, check_template
 
 
 def bucket(n: int, multiple: int = 8) -> int:
@@ -20,8 +20,7 @@ def encode(tokenizer, prompts, template: str = "{prompt}", add_special_tokens: b
         raise InputError("prompts must be a list of strings or of token-id lists, not a single string")
     if not prompts:
         raise InputError("prompts is empty")
-    if "{prompt}" not in template:
-        raise InputError(f"template {template!r} has no '{{prompt}}' field; write e.g. 'Review: {{prompt}}'")
+    check_template(template)
     rows = []
     for i, p in enumerate(prompts):
         if isinstance(p, str):

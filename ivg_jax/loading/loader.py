@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ivg_jax.config import ModelConfig, config_from_gguf, config_from_hf
 from ivg_jax.defaults import MODEL_NAMES, resolve_model_name
-from ivg_jax.errors import CheckpointError
+from ivg_jax.errors import CheckpointError, InputError
 from ivg_jax.loading.gguf_source import GGUFSource
 from ivg_jax.loading.gguf_tokenizer import tokenizer_from_gguf
 from ivg_jax.loading.layout import IGNORABLE_SUFFIXES, Rule, rules_for
@@ -34,7 +34,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def _resolve_dtype(dtype) -> Any:
     if isinstance(dtype, str):
         if dtype not in DTYPES:
-            raise ValueError(f"dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+            raise InputError(f"dtype={dtype!r}; choose one of {', '.join(DTYPES)}")
         return DTYPES[dtype]
     return dtype
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ivg_jax import jsonl
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, check_template
 
 KINDS = ("preference", "scored", "sft")
 _FIELDS = {
@@ -80,8 +80,7 @@ class Tokenization:
     add_special_tokens: bool = False
 
     def __post_init__(self):
-        if "{prompt}" not in self.template:
-            raise InputError(f"template {self.template!r} has no '{{prompt}}' field")
+        check_template(self.template)
         if self.max_length < 2:
             raise InputError(f"max_length must be >= 2; got {self.max_length}")
 

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ivg_jax.errors import CheckpointError, InputError, require_positive
+from ivg_jax.errors import CheckpointError, InputError, check_template, require_dtype, require_positive
 from ivg_jax.guidance import same_vocabulary
 from ivg_jax.model.api import Model, abstract_model, attach_head
 from ivg_jax.sharding import DEFAULT_RULES, make_mesh, to_host
@@ -93,8 +93,8 @@ class TrainConfig:
         OptimConfig(**self.optim_fields())
         if self.reference_logprobs not in REFERENCE_MODES:
             raise InputError(f"reference_logprobs must be one of {REFERENCE_MODES}; got {self.reference_logprobs!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise InputError(f"dtype must be 'float32' or 'bfloat16'; got {self.dtype!r}")
+        require_dtype(self.dtype)
+        check_template(self.template)
         require_positive(self, ("batch_size", "eval_every", "save_every", "keep_last", "log_every", "mesh_data",
                                 "mesh_model"))
         if self.steps is not None and self.steps < 1:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ivg_jax.errors import InputError, require_positive
+from ivg_jax.errors import InputError, check_template, require_dtype, require_positive
 from ivg_jax.guidance import guidance_for
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
@@ -88,6 +88,9 @@ class SentimentConfig:
         require_positive(self, ("n_train", "n_val", "n_test", "samples_per_prompt", "max_new_tokens", "beams",
                                 "candidates", "chunk_length", "bon_n", "train_batch_size", "sample_batch",
                                 "decode_batch"))
+        check_template(self.base_template, "base_template")
+        check_template(self.guide_template, "guide_template")
+        require_dtype(self.dtype)
         if self.samples_per_prompt < 2:
             raise InputError("samples_per_prompt must be >= 2: preference pairs need two responses per prompt")
 
