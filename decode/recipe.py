@@ -42,6 +42,7 @@ def main(argv=None) -> int:
 
     tune_cpu()
     import ivg_jax
+    from ivg_jax.errors import user_error_line
     from ivg_jax.experiments.recipes import run_recipe
 
     overrides = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
@@ -49,8 +50,8 @@ def main(argv=None) -> int:
     try:
         out = run_recipe(RECIPES[args.recipe], args.prompts, args.output, paths, limit=args.limit,
                          batch_size=args.batch_size, seed=args.seed, dtype=args.dtype, **overrides)
-    except ivg_jax.IvgError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ivg_jax.IvgError, UnicodeDecodeError, OSError) as e:
+        print(user_error_line(e), file=sys.stderr)
         return 2
     print(f"wrote {out}")
     return 0

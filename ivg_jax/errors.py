@@ -23,6 +23,19 @@ class InputError(IvgError):
     """Bad call arguments: prompts, shapes, lengths."""
 
 
+def user_error_line(e: BaseException) -> str | None:
+    """The one line a command prints for a failure the user can fix (bad value, bad file, OS error), or None for
+    a bug (which keeps its traceback)."""
+    if isinstance(e, IvgError):
+        return f"error: {e}"
+    if isinstance(e, UnicodeDecodeError):
+        return f"error: a file is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8"
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"error: {e.strerror or e}{where}; check the path, its permissions and free disk space"
+    return None
+
+
 def require_positive(config, names) -> None:
     """Refuses a config whose named integer options are below 1, naming the first such option."""
     for name in names:

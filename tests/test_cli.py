@@ -179,3 +179,31 @@ def test_help_explains_every_option(command):
         explanation = re.sub(r"^\s*(\{[^}]*\}|[A-Z_]+)\s", "", text)  # the metavar
         words = [w for w in re.sub(r"\(default: [^)]*\)", "", explanation).split() if w.isalpha()]
         assert len(words) >= 2, f"{' '.join(command)} {flag} has no explanation: {text!r}"
+
+
+def test_two_decode_jobs_on_one_output_write_each_id_once(world, straight, tmp_path):
+    out = tmp_path / "shared.jsonl"
+    flags = _decode_flags(world, out)
+    # Deterministic half: while another writer holds the file, a job is refused at once and changes nothing.
+    import fcntl
+
+    out.write_bytes(b"")
+    with out.open("a+b") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        proc = ivg(*flags)
+    assert proc.returncode == 2 and "another decode job is writing" in proc.stderr, proc.stderr[-2000:]
+    assert out.read_bytes() == b""
+    # Racing half: two real jobs started together; whichever way the race goes, each id is written once.
+    jobs = [subprocess.Popen([sys.executable, "-m", "ivg_jax.cli.main", *map(str, flags)], env=ENV,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    codes = sorted(j.wait(timeout=300) for j in jobs)
+    assert codes in ([0, 0], [0, 2]), codes
+    assert _rows(out) == straight
+
+
+def test_resume_after_a_blank_last_line(world, straight, tmp_path):
+    out = tmp_path / "blank.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in straight[:10]) + "\n")
+    proc = ivg(*_decode_flags(world, out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [json.loads(x) for x in out.read_text().splitlines() if x.strip()] == straight

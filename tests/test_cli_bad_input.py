@@ -1,4 +1,4 @@
-"""Bad input to `ivg decode|train|demo`: one stderr line naming the problem, exit 2, no traceback, and the
+"""Bad input to `ivg decode|train|eval|demo|recipe`: one stderr line naming the problem, exit 2, no traceback, and the
 error arrives before any model loads (the model path does not exist, so reaching the loader would say so)."""
 
 import subprocess
@@ -21,6 +21,13 @@ def files(tmp_path_factory):
     (d / "latin1.jsonl").write_bytes(b'{"prompt": "caf\xe9"}\n')
     (d / "pairs.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
     (d / "adir").mkdir()
+    (d / "notes.txt").write_text("my notes\nsecond line\n")
+    (d / "torn.txt").write_text("precious text without a newline")
+    (d / "afile").write_text("x")
+    (d / "notjson.jsonl").write_text('{"prompt": "a", "output": "b"}\nnot json\n')
+    (d / "numoutput.jsonl").write_text('{"prompt": "a", "output": 3}\n')
+    (d / "twice.jsonl").write_text('{"id": "1", "prompt": "a", "output": "b"}\n' * 2)
+    (d / "instr.jsonl").write_text('{"prompt": "hello"}\n')
     return d
 
 
@@ -49,21 +56,47 @@ CASES = {
     "demo template": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo", "--base-template", "{a}{prompt}"],
                       "only {prompt} is filled"),
     "demo dtype": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo2", "--dtype", "int8"], "dtype must be"),
+    # output files: refused before loading, and an existing file that is not a decode output stays as it was
+    "output is a directory": (["decode", "--input", "{d}/prompts.jsonl", "--output", "{d}/adir"], "is a directory"),
+    "output is someone's notes": (["decode", "--input", "{d}/prompts.jsonl", "--output", "{d}/notes.txt"],
+                                  "not a decode output"),
+    "output is one torn line": (["decode", "--input", "{d}/prompts.jsonl", "--output", "{d}/torn.txt"],
+                                "not a decode result"),
+    "output's parent is a file": (["decode", "--input", "{d}/prompts.jsonl", "--output", "{d}/afile/out.jsonl"],
+                                  "afile"),
+    "train output dir is a file": (["train", "dpo", "--train-data", "{d}/pairs.jsonl", "--output-dir", "{d}/afile"],
+                                   "is a file"),
+    # ivg eval reads decode results with the project's JSONL reader
+    "eval non-JSON line": (["eval", "--input", "{d}/notjson.jsonl", "--reward", "none"], "notjson.jsonl:2"),
+    "eval non-string output": (["eval", "--input", "{d}/numoutput.jsonl", "--reward", "none"], "string fields"),
+    "eval duplicate ids": (["eval", "--input", "{d}/twice.jsonl", "--reward", "none"], "more than once"),
+    "eval not UTF-8": (["eval", "--input", "{d}/latin1.jsonl", "--reward", "none"], "UTF-8"),
+    # ivg recipe: sizes and the output location before any model loads
+    "recipe batch size 0": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output", "{d}/r.jsonl",
+                             "--batch-size", "0"], "batch_size"),
+    "recipe limit 0": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output", "{d}/r.jsonl",
+                        "--limit", "0"], "limit must be >= 1"),
+    "recipe output is a directory": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output", "{d}/adir"],
+                                     "is a directory"),
+    "recipe output's parent is a file": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output",
+                                          "{d}/afile/r.jsonl"], "afile"),
 }
+ENV_FLAGS = {"decode": ENV_ARGS, "train": ENV_ARGS, "eval": ENV_ARGS,
+             "recipe": ["--base", "/nonexistent/model", "--tuned", "/nonexistent/t", "--reference",
+                        "/nonexistent/r", "--value", "/nonexistent/v"]}
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_is_one_line_before_loading(case, files):
     args, expected = CASES[case]
     args = [a.format(d=files) if a.startswith("{d}") else a for a in args]
-    if args[0] in ("decode", "train"):
-        args += ENV_ARGS
-    before = (files / "prompts.jsonl").read_bytes()
+    args += ENV_FLAGS.get(args[0], [])
+    before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
     r = _ivg(*args, cwd=files)
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
     assert "Traceback" not in r.stderr, r.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expected in lines[0], lines[0]
-    assert "nonexistent" not in lines[0] or case.startswith("input"), "checked only after reaching the loader"
-    assert (files / "prompts.jsonl").read_bytes() == before
+    assert "nonexistent" not in lines[0], "checked only after reaching the loader"
+    assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before, "a file was changed or left"

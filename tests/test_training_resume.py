@@ -101,3 +101,46 @@ def test_keeps_the_latest_and_the_best(tmp_path, higher_is_better, best):
     ckpt.wait()
     assert sorted(ckpt.manager.all_steps()) == sorted({best, 5}) and ckpt.best_step() == best
     ckpt.close()
+
+
+def test_metrics_hold_each_step_once_after_a_crash(tmp_path):
+    """A crash after step 6 was logged but before its checkpoint was complete: the rerun resumes from step 4 and
+    replays 5-6; metrics.jsonl must then hold every step once, exactly as an uninterrupted run's."""
+    import shutil
+
+    data = write_jsonl(tmp_path / "train.jsonl", preference_records(64, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", preference_records(8, 1))
+    base = tiny_model(seed=0)
+
+    def cfg(name):
+        return TrainConfig(objective="dpo", train_data=data, val_data=val, output_dir=str(tmp_path / name),
+                           batch_size=8, steps=8, learning_rate=1e-2, eval_every=2, save_every=4, max_length=16,
+                           keep_last=3, export=False)
+
+    train(cfg("straight"), model=base, progress=False)
+    train(cfg("crashed"), model=base, progress=False, stop_at_step=6)
+    shutil.rmtree(tmp_path / "crashed" / "checkpoints" / "6")
+    with open(tmp_path / "crashed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 7, "split": "tra')  # torn by the crash
+    assert Checkpoints(tmp_path / "crashed" / "checkpoints").latest_step() == 4
+    train(cfg("crashed"), model=base, progress=False)
+
+    def steps(name):
+        rows = [json.loads(x) for x in open(tmp_path / name / "metrics.jsonl")]
+        return [(r["split"], r["step"]) for r in rows]
+
+    assert steps("crashed") == steps("straight")
+    assert len(set(steps("straight"))) == len(steps("straight"))
+
+
+def test_a_refused_run_leaves_no_config(tmp_path):
+    """Bad input found after the cheap checks (here: a model path that does not exist) must not leave a config
+    that refuses the corrected rerun as 'a run with different settings'."""
+    data = write_jsonl(tmp_path / "train.jsonl", preference_records(16, 0))
+    bad = TrainConfig(objective="dpo", train_data=data, output_dir=str(tmp_path / "run"), model="/nonexistent/m",
+                      batch_size=8, steps=1, max_length=16, export=False)
+    with pytest.raises(Exception, match="nonexistent"):
+        train(bad, progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()
+    fixed = TrainConfig(**{**bad.__dict__, "model": ""})
+    assert train(fixed, model=tiny_model(), progress=False).final_step == 1

@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 from ivg_jax.cli.args import add_dataclass_flags, config_from
+from ivg_jax.errors import user_error_line
 from ivg_jax.experiments.sentiment.pipeline import SENTIMENT_HELP
 
 TRAIN_OBJECTIVES = {"sft": "sft", "dpo": "dpo", "value": "fudge", "rm": "reward"}
@@ -188,22 +189,10 @@ def main(argv=None) -> int:
 
     try:
         return _run(args, argv)
-    except ivg_jax.IvgError as e:
+    except (ivg_jax.IvgError, UnicodeDecodeError, OSError) as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as e:
-        if args.debug:
-            raise
-        print(f"error: a file is not UTF-8 text ({e.reason} at byte {e.start}); save it as UTF-8", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if args.debug:
-            raise
-        where = f" ({e.filename})" if e.filename else ""
-        print(f"error: {e.strerror or e}{where}; check the path, its permissions and free disk space",
-              file=sys.stderr)
+        print(user_error_line(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print(f"\ninterrupted {e}; rerun the same command to resume", file=sys.stderr)
@@ -251,20 +240,27 @@ def evaluate_file(cfg: EvalConfig) -> dict:
     """Summary of a decode output file: n, gold reward mean and 95% CI, KL, compute, distinct-2/3, NLL."""
     import numpy as np
 
+    from ivg_jax import jsonl
     from ivg_jax.errors import InputError
     from ivg_jax.evaluation.metrics import bootstrap_ci, continuation_nll, distinct_n
 
     if cfg.reward not in ("vader", "none"):
         raise InputError(f"reward must be 'vader' or 'none'; got {cfg.reward!r}")
-    if not os.path.isfile(cfg.input):
-        raise InputError(f"input file {cfg.input} does not exist")
-    rows = [json.loads(x) for x in open(cfg.input) if x.strip()]
-    if not rows or any("output" not in r or "prompt" not in r for r in rows):
-        raise InputError(f"{cfg.input} must hold decode results (lines with 'prompt' and 'output')")
+    rows = []
+    for lineno, row in jsonl.records(cfg.input):
+        if not (isinstance(row.get("prompt"), str) and isinstance(row.get("output"), str)):
+            raise InputError(f"{cfg.input}:{lineno}: a decode result needs string fields 'prompt' and 'output'")
+        rows.append(row)
+    if not rows:
+        raise InputError(f"{cfg.input} holds no decode results")
+    ids = [r["id"] for r in rows if "id" in r]
+    if len(set(map(str, ids))) != len(ids):
+        raise InputError(f"{cfg.input} holds some ids more than once (two jobs wrote it?); each prompt must be "
+                         "counted once")
     texts = [r["output"] for r in rows]
     summary = {"n": len(rows), "distinct_2": distinct_n(texts, 2), "distinct_3": distinct_n(texts, 3)}
     for key in ("kl", "forward_tokens"):
-        if all(key in r for r in rows):
+        if all(isinstance(r.get(key), (int, float)) and not isinstance(r[key], bool) for r in rows):
             summary[key] = float(np.mean([r[key] for r in rows]))
     if cfg.reward == "vader":
         from ivg_jax.evaluation.sentiment import VaderReward

@@ -10,7 +10,9 @@ shard writes its own file (`out.shard<i>-of-<n>.jsonl`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -114,23 +116,59 @@ def output_path(cfg: DecodeJobConfig, index: int, n: int) -> Path:
     return path if n == 1 else path.with_name(f"{path.stem}.shard{index}-of-{n}{path.suffix}")
 
 
-def finished_ids(path: Path, config_hash: str) -> set[str]:
-    """Ids already in the output; a torn last line (killed mid-write) is cut off. Results of other settings are
-    refused rather than mixed."""
-    if not path.exists():
-        return set()
-    data = path.read_bytes()
+OUTPUT_KEYS = ("id", "prompt", "output", "config")
+
+
+@contextlib.contextmanager
+def locked_output(path: Path):
+    """The output file opened for appending and locked for this job: a second job on the same file is refused
+    (one line) instead of decoding every prompt again and writing each id twice. Opening it here, before any
+    model loads, is also the check that the location is writable. The lock is released when the file closes,
+    also when the process dies."""
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory; pass a file path (e.g. {path / 'out.jsonl'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    f = path.open("a+b")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(f"another decode job is writing {path}; wait for it to finish (rerunning then "
+                             "resumes) or choose another --output") from None
+        yield f
+    finally:
+        if not existed and f.tell() == 0 and path.stat().st_size == 0:
+            path.unlink()  # refused or failed before writing anything: leave no empty file behind
+        f.close()
+
+
+def finished_ids(f, path: Path, config_hash: str) -> set[str]:
+    """Ids already in the (locked, open) output `f`. The file must be this job's kind of output, written with
+    these settings, before anything is changed in it; then a torn last line (killed mid-write) is cut off."""
+    f.seek(0)
+    data = f.read()
     keep = data[:data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
-        with path.open("r+b") as f:
-            f.truncate(len(keep))
     done = set()
-    for lineno, line in enumerate(keep.decode().splitlines(), 1):
-        row = json.loads(line)
-        if row.get("config") != config_hash:
-            raise InputError(f"{path}:{lineno} was written with other settings (config {row.get('config')}, now "
+    for lineno, line in enumerate(keep.decode("utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict) or any(k not in row for k in OUTPUT_KEYS):
+            raise InputError(f"{path}:{lineno} is not a decode result, so {path} is not a decode output; choose "
+                             "another --output (the file was left unchanged)")
+        if row["config"] != config_hash:
+            raise InputError(f"{path}:{lineno} was written with other settings (config {row['config']}, now "
                              f"{config_hash}); write to another --output or restore the settings")
-        done.add(row["id"])
+        done.add(str(row["id"]))
+    if len(keep) != len(data):
+        if not data[len(keep):].startswith(b'{"id": '):  # what this job writes first on every line
+            raise InputError(f"{path} ends in a line that is not a decode result; choose another --output (the "
+                             "file was left unchanged)")
+        f.truncate(len(keep))
     return done
 
 
@@ -151,7 +189,6 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
     """Decodes every prompt of this shard not yet in its output file. -> the output path."""
     import jax
 
-    import ivg_jax
 
     n = cfg.num_shards if cfg.num_shards is not None else jax.process_count()
     index = cfg.shard_index if cfg.shard_index is not None else jax.process_index()
@@ -160,31 +197,37 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
     prompts = [(pid, p) for pid, p in read_prompts(cfg) if shard_of(pid, n) == index]
     path = output_path(cfg, index, n)
     digest = cfg.config_hash()
-    done = finished_ids(path, digest)
-    pending = [(pid, p) for pid, p in prompts if pid not in done]
-    if not pending:
-        return path
+    with locked_output(path) as f:
+        done = finished_ids(f, path, digest)
+        pending = [(pid, p) for pid, p in prompts if pid not in done]
+        if pending:
+            _decode_into(f, cfg, digest, pending, len(prompts), progress)
+    return path
+
+
+def _decode_into(f, cfg: DecodeJobConfig, digest: str, pending: list[tuple[str, str]], total: int,
+                 progress: bool) -> None:
+    """Appends one line per pending prompt, a batch at a time (flushed and fsynced: a kill loses one batch)."""
+    import ivg_jax
+
     base, guidance = _models(cfg)
     search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
     sampling = cfg.sampling
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(pending), disable=not progress, unit="prompt")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        for start in range(0, len(pending), cfg.batch_size):
-            batch = pending[start:start + cfg.batch_size]
-            seeds = [zlib.crc32(f"{cfg.seed}:{pid}".encode()) % 2**31 for pid, _ in batch]
-            out = ivg_jax.generate(base, [p for _, p in batch], guidance, search, sampling,
-                                   max_new_tokens=cfg.max_new_tokens, seed=seeds,
-                                   stop_strings=[cfg.stop] if cfg.stop else [])
-            lines = [json.dumps({"id": pid, "prompt": p, "output": out.texts[i], "score": float(out.scores[i]),
-                                 "kl": float(out.kl[i].sum()), "new_tokens": int(out.lengths[i]),
-                                 "forward_tokens": float(out.forward_tokens_per_prompt[i]), "config": digest})
-                     for i, (pid, p) in enumerate(batch)]
-            f.write("".join(x + "\n" for x in lines))
-            f.flush()
-            os.fsync(f.fileno())
-            bar.update(len(batch))
+    bar = tqdm(total=total, initial=total - len(pending), disable=not progress, unit="prompt")
+    for start in range(0, len(pending), cfg.batch_size):
+        batch = pending[start:start + cfg.batch_size]
+        seeds = [zlib.crc32(f"{cfg.seed}:{pid}".encode()) % 2**31 for pid, _ in batch]
+        out = ivg_jax.generate(base, [p for _, p in batch], guidance, search, sampling,
+                               max_new_tokens=cfg.max_new_tokens, seed=seeds,
+                               stop_strings=[cfg.stop] if cfg.stop else [])
+        lines = [json.dumps({"id": pid, "prompt": p, "output": out.texts[i], "score": float(out.scores[i]),
+                             "kl": float(out.kl[i].sum()), "new_tokens": int(out.lengths[i]),
+                             "forward_tokens": float(out.forward_tokens_per_prompt[i]), "config": digest})
+                 for i, (pid, p) in enumerate(batch)]
+        f.write("".join(x + "\n" for x in lines).encode())
+        f.flush()
+        os.fsync(f.fileno())
+        bar.update(len(batch))
     bar.close()
-    return path

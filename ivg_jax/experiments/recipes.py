@@ -13,13 +13,15 @@ needs guides of the base's vocabulary and is refused otherwise with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from ivg_jax import jsonl
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, require_dtype
 from ivg_jax.guidance import guidance_for
 
 
@@ -120,6 +122,11 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
     import ivg_jax
 
     recipe = dataclasses.replace(recipe, **overrides)
+    if limit is not None and limit < 1:
+        raise InputError(f"limit must be >= 1 (or unset: every prompt); got {limit}")
+    if batch_size < 1 or recipe.max_new_tokens < 1:
+        raise InputError(f"batch_size and max_new_tokens must be >= 1; got {batch_size}, {recipe.max_new_tokens}")
+    require_dtype(dtype)
     records, prompts = read_prompts(prompts_path, recipe, limit)
     sources = {k: (model_paths or {}).get(k) or getattr(recipe, k) for k in ("base", "tuned", "reference", "value")}
     needed = {"base"} | ({"tuned", "reference"} if "implicit" in (recipe.token, recipe.chunk) else set()) | (
@@ -127,26 +134,51 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
     missing = [k for k in sorted(needed) if not sources[k]]
     if missing:
         raise InputError(f"recipe {recipe.name} needs models for {missing}; pass their paths")
-    models = {k: ivg_jax.load_model(sources[k], dtype=dtype) for k in needed}
-    guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
+    ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)  # refused here, not after loading
+    output_path = Path(output_path)
+    with _output_slot(output_path) as tmp:
+        models = {k: ivg_jax.load_model(sources[k], dtype=dtype) for k in needed}
+        guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
+        outputs = _decode(recipe, models["base"], prompts, guidance, search, sampling, batch_size, seed, progress)
+        generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"
+        if recipe.output_format == "alpaca_eval":
+            text = json.dumps([{"instruction": p, "output": o, "generator": generator}
+                               for p, o in zip(prompts, outputs)], indent=2)
+        else:
+            text = "".join(json.dumps(r | {"output": o}) + "\n" for r, o in zip(records, outputs))
+        tmp.write(text)
+    os.replace(tmp.name, output_path)
+    return output_path
+
+
+@contextlib.contextmanager
+def _output_slot(path: Path):
+    """The temporary file the output is written to, created before any model loads so that an unwritable
+    location is refused in seconds, not after all the decoding; removed if the run fails."""
+    if path.is_dir():
+        raise InputError(f"output {path} is a directory; pass a file path (e.g. {path / 'outputs.json'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique name per run: two runs on one output each write their own file and the last rename wins whole.
+    tmp = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+    try:
+        with tmp:
+            yield tmp
+    except BaseException:
+        Path(tmp.name).unlink(missing_ok=True)
+        raise
+
+
+def _decode(recipe: Recipe, base, prompts: list[str], guidance, search, sampling, batch_size: int, seed: int,
+            progress: bool) -> list[str]:
     from tqdm.auto import tqdm
+
+    import ivg_jax
 
     outputs = []
     for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=recipe.name):
         chunk = prompts[start:start + batch_size]
-        out = ivg_jax.generate(models["base"], chunk, guidance, search, sampling, max_new_tokens=recipe.max_new_tokens,
+        out = ivg_jax.generate(base, chunk, guidance, search, sampling, max_new_tokens=recipe.max_new_tokens,
                                seed=[seed + start + i for i in range(len(chunk))],
                                stop_strings=list(recipe.stop_strings))
         outputs += [t.strip() for t in out.texts]
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-    generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"
-    if recipe.output_format == "alpaca_eval":
-        text = json.dumps([{"instruction": p, "output": o, "generator": generator}
-                           for p, o in zip(prompts, outputs)], indent=2)
-    else:
-        text = "".join(json.dumps(r | {"output": o}) + "\n" for r, o in zip(records, outputs))
-    tmp = output_path.with_name(output_path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, output_path)
-    return output_path
+    return outputs

@@ -171,7 +171,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     train_records = data_lib.read_jsonl(cfg.train_data, kind)
     val_records = data_lib.read_jsonl(cfg.val_data, kind) if cfg.val_data else None
     run_dir = cfg.run_dir
-    _check_or_write_config(cfg, run_dir)
+    _check_config(cfg, run_dir)
 
     rules = FSDP_RULES if cfg.fsdp else DEFAULT_RULES
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_model) if cfg.mesh_data * cfg.mesh_model > 1 else None
@@ -205,6 +205,9 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
                       and shares_bottom(model, ref_model, frozen_layers))
     state = fns.init(trainable)
 
+    # Only a job that passed every check owns the directory: a refused one leaves nothing that would refuse
+    # the corrected rerun as "a run with different settings".
+    _write_config(cfg, run_dir)
     if objective.kind == "dpo" and cfg.reference_logprobs == "precompute":
         _attach_reference(fns, ref_model, train_examples, val_examples, eval_bs, pad_id,
                           run_dir / "reference_logprobs.npz")
@@ -215,6 +218,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         state, saved = checkpoints.restore(resumed, state)
         batches.restore(saved["data"])
     start = resumed or 0
+    _rewind_metrics(run_dir, resumed if resumed is not None else -1)
     baseline = float(np.mean([e.reward for e in train_examples])) if objective.kind == "fudge" else None
 
     def validate(step: int) -> dict:
@@ -285,7 +289,8 @@ def _prefixed(metrics: dict | None) -> dict | None:
     return None if metrics is None else {f"val_{k}": v for k, v in metrics.items()}
 
 
-def _check_or_write_config(cfg: TrainConfig, run_dir: Path) -> None:
+def _check_config(cfg: TrainConfig, run_dir: Path) -> None:
+    """Refuses to resume a run directory that holds a job with other settings (before any model loads)."""
     path = run_dir / "config.json"
     if path.exists():
         previous = json.loads(path.read_text()).get("fingerprint", {})
@@ -294,12 +299,36 @@ def _check_or_write_config(cfg: TrainConfig, run_dir: Path) -> None:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
             raise CheckpointError(f"{run_dir} holds a run with different settings ({detail}); use a new output_dir "
                                   "or the original settings to resume")
-        return
-    if jax.process_index() == 0:
+    elif run_dir.exists() and not run_dir.is_dir():
+        raise InputError(f"output_dir {run_dir} is a file; pass a directory")
+
+
+def _write_config(cfg: TrainConfig, run_dir: Path) -> None:
+    path = run_dir / "config.json"
+    if jax.process_index() == 0 and not path.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")  # atomic: other processes of a multi-host job may read it meanwhile
         tmp.write_text(json.dumps({"config": dataclasses.asdict(cfg), "fingerprint": cfg.fingerprint()}, indent=2))
         os.replace(tmp, path)
+
+
+def _rewind_metrics(run_dir: Path, step: int) -> None:
+    """Drops the metrics logged after `step` (the checkpoint a run resumes from; -1 = a fresh start): those steps
+    run again, and each step must appear in metrics.jsonl once. A torn last line (killed mid-write) goes too."""
+    path = run_dir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and record.get("step", -1) <= step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept))
+    os.replace(tmp, path)
 
 
 def _log(run_dir: Path, record: dict) -> None:

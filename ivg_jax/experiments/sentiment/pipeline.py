@@ -207,7 +207,7 @@ def _check_config(cfg: SentimentConfig) -> None:
     list is not part of it: each method's outputs depend only on the other settings, so methods can be added."""
     path = cfg.path / "config.json"
     mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "methods")}
-    if path.exists():
+    if path.exists() and _holds_results(cfg):
         previous = json.loads(path.read_text())
         changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
         if changed:
@@ -215,6 +215,12 @@ def _check_config(cfg: SentimentConfig) -> None:
             raise InputError(f"{cfg.path} holds a run with other settings ({detail}); use another --run-dir")
     else:
         _atomic_write(path, json.dumps(mine, indent=2))
+
+
+def _holds_results(cfg: SentimentConfig) -> bool:
+    """Whether any stage has written outputs. A run that failed before that (say a bad model path) owns nothing:
+    the corrected rerun may change its settings."""
+    return any((cfg.path / d).exists() for d in ("samples", "data", "dpo", "fudge", "decode", "stages"))
 
 
 def load_prompts(cfg: SentimentConfig, split: str) -> list[str]:
