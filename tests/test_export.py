@@ -85,3 +85,38 @@ def test_bfloat16_export_round_trip(hf_checkpoint, tmp_path):
     ids, mask = pad_batch(ROWS, "left")
     np.testing.assert_array_equal(np.asarray(ivg_jax.forward(again, ids, mask)),
                                   np.asarray(ivg_jax.forward(bf16, ids, mask)))
+
+
+def test_export_over_an_earlier_export_of_other_sharding_loads_the_new_weights(tmp_path):
+    """A sharded export, then a single-file export of other weights into the same directory (and the reverse):
+    the stale index / file is gone and both transformers and ivg-jax read the new weights."""
+    first, second = ivg_jax.init_model(TINY, 0), ivg_jax.init_model(TINY, 1)
+    ids = [[3, 4, 5, 6]]
+    for case, (old_shard, new_shard) in enumerate(((4_000, 2 << 30), (2 << 30, 4_000))):
+        out = tmp_path / f"export{case}"
+        ivg_jax.export_hf(first, out, max_shard_bytes=old_shard)
+        ivg_jax.export_hf(second, out, max_shard_bytes=new_shard)
+        expected = np.asarray(ivg_jax.forward(second, ids))
+        np.testing.assert_array_equal(np.asarray(ivg_jax.forward(ivg_jax.load_model(out), ids)), expected)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            np.testing.assert_allclose(hf(torch.tensor(ids)).logits.numpy(), expected, atol=1e-5)
+        sharded = new_shard == 4_000
+        assert (out / "model.safetensors.index.json").exists() == sharded
+        assert (out / "model.safetensors").exists() != sharded
+        assert bool(list(out.glob("model-*-of-*.safetensors"))) == sharded
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_weights_are_refused_on_load(tmp_path, bad):
+    from safetensors.numpy import load_file, save_file
+
+    out = ivg_jax.export_hf(ivg_jax.init_model(TINY, 0), tmp_path / "export")
+    tensors = load_file(out / "model.safetensors")
+    key = sorted(k for k in tensors if "mlp" in k)[0]
+    tensors[key][0, 0] = bad
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    from ivg_jax.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=f"{key} holds 1 non-finite value"):
+        ivg_jax.load_model(out)

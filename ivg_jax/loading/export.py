@@ -77,16 +77,29 @@ def export_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 3
         shard[key] = tensor
     flush()
     if len(written) == 1:
-        written[0][0].replace(out / "model.safetensors")
+        names = ["model.safetensors"]
+        written[0][0].replace(out / names[0])
     else:
-        weight_map = {}
+        weight_map, names = {}, []
         for n, (path, keys, _) in enumerate(written, 1):
-            name = f"model-{n:05d}-of-{len(written):05d}.safetensors"
-            path.replace(out / name)
-            weight_map.update({k: name for k in keys})
+            names.append(f"model-{n:05d}-of-{len(written):05d}.safetensors")
+            path.replace(out / names[-1])
+            weight_map.update({k: names[-1] for k in keys})
         total = sum(nbytes for _, _, nbytes in written)
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    _remove_stale_weights(out, names)
     if model.tokenizer is not None:
         model.tokenizer.save_pretrained(str(out))
     return out
+
+
+def _remove_stale_weights(out: Path, names: list[str]) -> None:
+    """An earlier export into the same directory may have left weights of another sharding: a stale index makes
+    loaders read the old shards, a stale single file competes with the new index. Only weight files of the
+    layouts export writes are removed."""
+    keep = set(names) | ({"model.safetensors.index.json"} if len(names) > 1 else set())
+    stale = [p for p in (*out.glob("model-*-of-*.safetensors"), out / "model.safetensors",
+                         out / "model.safetensors.index.json") if p.exists() and p.name not in keep]
+    for path in stale:
+        path.unlink()

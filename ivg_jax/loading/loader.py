@@ -90,7 +90,9 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
         buffer = np.empty(shape, np_dtype)
         slice_shape = shape[rule.n_stacked():]
         for index, key in rule.keys(cfg.n_layers, cfg.n_experts):
-            buffer[index] = rule.to_ours(source.get(key), slice_shape).astype(np_dtype)
+            tensor = rule.to_ours(source.get(key), slice_shape)
+            _check_finite(tensor, key, where)
+            buffer[index] = tensor.astype(np_dtype)
         if mesh is not None:
             placed = jax.device_put(buffer, named_sharding(axes[rule.path], shape, mesh, rules))
         else:
@@ -162,6 +164,16 @@ def _download(repo_id: str) -> Path:
     # Only safetensors weights, configs and tokenizer files: never pickles or Python files.
     return Path(snapshot_download(repo_id, allow_patterns=[
         "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]))
+
+
+def _check_finite(tensor: np.ndarray, key: str, where: str) -> None:
+    """One NaN or inf weight turns every logit it touches into NaN and decodes to empty strings: refuse it."""
+    finite = np.isfinite(tensor if tensor.dtype.kind == "f" and tensor.dtype.itemsize >= 2
+                         else np.asarray(tensor, np.float32))
+    if not finite.all():
+        bad = int(finite.size - finite.sum())
+        raise CheckpointError(f"{where}: tensor {key} holds {bad} non-finite value(s) (NaN or inf); the checkpoint "
+                              "is corrupt or was saved from a diverged run: re-export it or load another one")
 
 
 def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=DEFAULT_RULES,
