@@ -38,9 +38,14 @@ def _permuted(model):
     return dataclasses.replace(model.with_params(params), tokenizer=word_tokenizer(SHUFFLED, eos_only=True))
 
 
+def _scored_ids(tokenizer, context, text):
+    """(prompt ids, prompt + response ids) by the scoring rule: the response tokenised on its own, appended."""
+    ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    return ids, ids + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def _full_implicit(tuned, ref, context, text, weight):
-    ids = tuned.tokenizer(context, add_special_tokens=False)["input_ids"]
-    full = tuned.tokenizer(context + text, add_special_tokens=False)["input_ids"]
+    ids, full = _scored_ids(tuned.tokenizer, context, text)
     lp_t = log_softmax(np.asarray(ivg_jax.forward(tuned, [full]))[0])
     lp_r = log_softmax(np.asarray(ivg_jax.forward(ref, [full]))[0])
     return sum(weight * (lp_t[p - 1, full[p]] - lp_r[p - 1, full[p]]) for p in range(len(ids), len(full)))
@@ -60,7 +65,7 @@ def test_rollback_rescoring_equals_full_rescoring():
             assert got[i] == pytest.approx(_full_implicit(tuned, ref, p + " ", t, [0.7, 1.3][i]), abs=1e-4)
         got = explicit.score(step)
         for i, (p, t) in enumerate(zip(prompts, step)):
-            full = value.tokenizer(p + " " + t, add_special_tokens=False)["input_ids"]
+            _, full = _scored_ids(value.tokenizer, p + " ", t)
             values = np.asarray(ivg_jax.forward(value, [full]))[0]
             assert got[i] == pytest.approx(values[len(full) - 2, full[-1]], abs=1e-4)
 
@@ -115,3 +120,40 @@ def test_foreign_guides_with_different_templates_are_refused():
                                reference_template="Review: {prompt} ")]
     with pytest.raises(ivg_jax.UnsupportedError, match="one template"):
         ivg_jax.generate(base, ["w5"], ivg_jax.Guidance(implicit=g, chunk="implicit"), ivg_jax.Search(2, 2, 3))
+
+
+def _merging_tokenizer():
+    """A character BPE over a..z and space whose merges cross a prompt/response boundary ("a" + "b" -> "ab")."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    symbols = ["<pad>", "</s>"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + [" "]
+    merges = [("a", "b"), ("ab", "c"), ("c", "d"), (" ", "e")]
+    vocab = {t: i for i, t in enumerate(symbols + ["".join(m) for m in merges])}
+    tok = Tokenizer(models.BPE(vocab, merges))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>")
+
+
+def test_a_response_merging_into_the_prompts_last_token_is_scored_whole():
+    """Prompt "xa", responses starting with "b": tokenising prompt + response as one string merges "a" + "b",
+    and summing from the prompt's token count dropped that boundary token. The scorer scores exactly the
+    response's own tokens, as a from-scratch forward over prompt ids + response ids does."""
+    tok = _merging_tokenizer()
+    cfg = CFG.replace(vocab_size=len(tok))
+
+    def model(seed, head="lm"):
+        m = ivg_jax.init_model(cfg.replace(head=head), seed)
+        return dataclasses.replace(m.with_params({**m.params, "embed": m.params["embed"] * 30.0}), tokenizer=tok)
+
+    tuned, ref, value = model(1), model(2), model(3, head="value")
+    prompts = ["xa", "qab"]
+    assert tok("xabc d", add_special_tokens=False)["input_ids"][:2] != tok("xa")["input_ids"] + tok("b")["input_ids"]
+    implicit = HostChunkScorer("implicit", [tuned, ref], np.array([[1.0], [0.5]]), "{prompt}", prompts, 1, 32)
+    explicit = HostChunkScorer("explicit", [value], np.zeros((2, 0)), "{prompt}", prompts, 1, 32)
+    for step in (["b", "cd"], ["bc d", "cde"], ["bcd ee", "x"]):
+        got_implicit, got_explicit = implicit.score(step), explicit.score(step)
+        for i, (p, t) in enumerate(zip(prompts, step)):
+            assert got_implicit[i] == pytest.approx(_full_implicit(tuned, ref, p, t, [1.0, 0.5][i]), abs=1e-4)
+            _, full = _scored_ids(tok, p, t)
+            values = np.asarray(ivg_jax.forward(value, [full]))[0]
+            assert got_explicit[i] == pytest.approx(values[len(full) - 2, full[-1]], abs=1e-4)

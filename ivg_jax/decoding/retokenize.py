@@ -2,9 +2,13 @@
 Llama-2-vocabulary Tulu-2 models).
 
 Such a guide cannot follow the base token by token. At each chunk boundary the rows' new text is re-tokenised
-for it on the host (once per chunk, never per token); its KV caches roll back to the longest common token prefix
-with what it saw before (slots past it are marked empty) and continue from there, so each chunk costs the guide
-only its new tokens. Scores are kept per guide token, so a rollback drops exactly the contributions it undoes:
+for it on the host (once per chunk, never per token): the response on its own, appended to the guide's prompt
+tokens — the rule training uses (`ivg_jax.training.data.encode_pair`), so the guide scores exactly the tokens
+of the response it was trained on. (Tokenising prompt + response as one string would let the response merge
+into the prompt's last token, and that boundary token's contribution would be lost or misattributed.) Its KV
+caches roll back to the longest common token prefix with what it saw before (slots past it are marked empty)
+and continue from there, so each chunk costs the guide only its new tokens. Scores are kept per guide token,
+so a rollback drops exactly the contributions it undoes:
 - implicit: Σ over the response's guide tokens of w·(log π_tuned − log π_ref);
 - explicit: the value head's output before the last guide token, read at that token.
 """
@@ -54,11 +58,10 @@ class HostChunkScorer:
         self.weights = np.repeat(np.asarray(weights, np.float32), width, axis=0)  # [R, n_pairs]
         tok = models[0].tokenizer
         self.tokenizer = tok
-        contexts = [template.format(prompt=p) for p in prompts]
         ids, mask = encode(tok, prompts, template)
         prompt_ids = [row[m].tolist() for row, m in zip(ids, mask)]
         rows = np.repeat(np.arange(len(prompts)), width)
-        self.contexts = [contexts[p] for p in rows]  # rows keep their prompt through every reordering
+        self.prompt_ids = [prompt_ids[p] for p in rows]  # rows keep their prompt through every reordering
         self.tokens = [list(prompt_ids[p]) for p in rows]  # guide tokens each row's cache holds
         self.n_prompt = [len(prompt_ids[p]) for p in rows]
         # per row: entry i is the contribution of the token at position i + 1 (prompt positions hold 0)
@@ -83,7 +86,8 @@ class HostChunkScorer:
     def score(self, responses: list[str], ended: np.ndarray | None = None) -> np.ndarray:
         """responses: each row's whole response text so far; ended[row]: the row stopped on EOS, which the guide
         then sees as its own EOS token (scores include EOS, as in-graph). -> [R] chunk scores."""
-        new = [self.tokenizer(c + r, add_special_tokens=False)["input_ids"] for c, r in zip(self.contexts, responses)]
+        new = [p + self.tokenizer(r, add_special_tokens=False)["input_ids"] if r else list(p)
+               for p, r in zip(self.prompt_ids, responses)]
         eos = self.tokenizer.eos_token_id
         if ended is not None and eos is not None:
             new = [n + [eos] if e else n for n, e in zip(new, ended)]
