@@ -4,6 +4,7 @@ Every message says what was wrong, where (file, key, shape) and what to do about
 """
 
 
+import math
 import string
 
 
@@ -41,6 +42,15 @@ def require_positive(config, names) -> None:
     for name in names:
         if getattr(config, name) < 1:
             raise InputError(f"{name} must be >= 1; got {getattr(config, name)}")
+
+
+def require_finite(config, names) -> None:
+    """Refuses NaN or infinite float options (NaN slips through every `x <= 0` check), naming the first one.
+    None means "off" and is allowed."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and not math.isfinite(value):
+            raise InputError(f"{name} must be a finite number; got {value}")
 
 
 DTYPE_NAMES = ("float32", "bfloat16")

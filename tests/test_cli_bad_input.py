@@ -28,6 +28,13 @@ def files(tmp_path_factory):
     (d / "numoutput.jsonl").write_text('{"prompt": "a", "output": 3}\n')
     (d / "twice.jsonl").write_text('{"id": "1", "prompt": "a", "output": "b"}\n' * 2)
     (d / "instr.jsonl").write_text('{"prompt": "hello"}\n')
+    (d / "noprompt.jsonl").write_text('{"text": "hello"}\n')
+    (d / "badline.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
+    (d / "empty.jsonl").write_text("")
+    (d / "nochosen.jsonl").write_text('{"prompt": "a", "rejected": "c"}\n')
+    (d / "latin1_pairs.jsonl").write_bytes(b'{"prompt": "a", "chosen": "caf\xe9", "rejected": "c"}\n')
+    (d / "blank_chosen.jsonl").write_text('{"prompt": "a", "chosen": "  ", "rejected": "c"}\n')
+    (d / "nanreward.jsonl").write_text('{"prompt": "a", "response": "b", "reward": NaN}\n')
     return d
 
 
@@ -80,6 +87,31 @@ CASES = {
                                      "is a directory"),
     "recipe output's parent is a file": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output",
                                           "{d}/afile/r.jsonl"], "afile"),
+    # more input files: missing, not JSON, wrong schema, empty, wrong types or values
+    "decode input missing": (["decode", "--input", "{d}/missing.jsonl", "--output", "{d}/o4.jsonl"], "missing.jsonl"),
+    "decode input without prompt": (["decode", "--input", "{d}/noprompt.jsonl", "--output", "{d}/o5.jsonl"],
+                                    "noprompt.jsonl"),
+    "decode input torn JSON": (["decode", "--input", "{d}/badline.jsonl", "--output", "{d}/o6.jsonl"],
+                               "badline.jsonl:2"),
+    "decode input empty": (["decode", "--input", "{d}/empty.jsonl", "--output", "{d}/o7.jsonl"], "empty.jsonl"),
+    "train data missing": (["train", "dpo", "--train-data", "{d}/missing.jsonl", "--output-dir", "{d}/run3"],
+                           "missing.jsonl"),
+    "train pair without chosen": (["train", "dpo", "--train-data", "{d}/nochosen.jsonl", "--output-dir", "{d}/run4"],
+                                  "'chosen'"),
+    "train data not UTF-8": (["train", "dpo", "--train-data", "{d}/latin1_pairs.jsonl", "--output-dir", "{d}/run5"],
+                             "UTF-8"),
+    "train blank response": (["train", "dpo", "--train-data", "{d}/blank_chosen.jsonl", "--output-dir", "{d}/run6"],
+                             "empty"),
+    "train NaN reward": (["train", "value", "--train-data", "{d}/nanreward.jsonl", "--output-dir", "{d}/run7"],
+                         "reward"),
+    "train batch size 0": (["train", "dpo", "--train-data", "{d}/pairs.jsonl", "--output-dir", "{d}/run8",
+                            "--batch-size", "0"], "batch_size"),
+    "train learning rate nan": (["train", "dpo", "--train-data", "{d}/pairs.jsonl", "--output-dir", "{d}/run9",
+                                 "--learning-rate", "nan"], "learning_rate"),
+    "demo unknown pair scheme": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo3", "--dpo-pairs", "best"],
+                                 "dpo_pairs must be one of"),
+    "demo one sample per prompt": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo4",
+                                    "--samples-per-prompt", "1"], "samples_per_prompt must be >= 2"),
 }
 ENV_FLAGS = {"decode": ENV_ARGS, "train": ENV_ARGS, "eval": ENV_ARGS,
              "recipe": ["--base", "/nonexistent/model", "--tuned", "/nonexistent/t", "--reference",

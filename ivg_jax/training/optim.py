@@ -8,7 +8,7 @@ import dataclasses
 import jax
 import optax
 
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, require_finite
 
 SCHEDULES = ("cosine", "linear", "constant")
 # Parameters that are scales or offsets, not projections: no weight decay (they are 2-D only because the blocks
@@ -29,6 +29,7 @@ class OptimConfig:
     grad_accum: int = 1
 
     def __post_init__(self):
+        require_finite(self, ("learning_rate", "warmup_ratio", "weight_decay", "b1", "b2", "eps", "clip_norm"))
         if self.schedule not in SCHEDULES:
             raise InputError(f"schedule must be one of {SCHEDULES}; got {self.schedule!r}")
         if not 0.0 <= self.warmup_ratio <= 1.0:

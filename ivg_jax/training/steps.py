@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, require_finite
 from ivg_jax.model.transformer import train_forward
 from ivg_jax.sharding import constrain, named_sharding, param_logical_axes, put
 from ivg_jax.training import losses
@@ -37,6 +37,7 @@ class Objective:
     def __post_init__(self):
         if self.kind not in OBJECTIVES:
             raise InputError(f"objective must be one of {OBJECTIVES}; got {self.kind!r}")
+        require_finite(self, ("beta", "label_smoothing"))
         if self.beta <= 0:
             raise InputError(f"DPO beta must be > 0; got {self.beta}")
         if not 0.0 <= self.label_smoothing < 0.5:
