@@ -172,11 +172,12 @@ def finished_ids(f, path: Path, config_hash: str) -> set[str]:
     return done
 
 
-def _models(cfg: DecodeJobConfig):
+def _models(cfg: DecodeJobConfig, progress: bool = False):
     import ivg_jax
     from ivg_jax.defaults import default_model_path
 
-    load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype)  # noqa: E731
+    load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731  (a bar per model: a 7B
+    # base is minutes of loading)
     base = load(cfg.model or str(default_model_path()))
     guidance = guidance_for(cfg.token, cfg.chunk, tuned=lambda: load(cfg.tuned),
                             reference=lambda: load(cfg.reference), value=lambda: load(cfg.value),
@@ -210,7 +211,7 @@ def _decode_into(f, cfg: DecodeJobConfig, digest: str, pending: list[tuple[str, 
     """Appends one line per pending prompt, a batch at a time (flushed and fsynced: a kill loses one batch)."""
     import ivg_jax
 
-    base, guidance = _models(cfg)
+    base, guidance = _models(cfg, progress)
     search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
     sampling = cfg.sampling
     from tqdm.auto import tqdm

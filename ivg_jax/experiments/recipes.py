@@ -137,7 +137,7 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
     ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)  # refused here, not after loading
     output_path = Path(output_path)
     with _output_slot(output_path) as tmp:
-        models = {k: ivg_jax.load_model(sources[k], dtype=dtype) for k in needed}
+        models = {k: ivg_jax.load_model(sources[k], dtype=dtype, progress=progress) for k in needed}
         guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
         outputs = _decode(recipe, models["base"], prompts, guidance, search, sampling, batch_size, seed, progress)
         generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ivg_jax.errors import CheckpointError, InputError, check_template, require_dtype, require_positive
+from ivg_jax.errors import CheckpointError, InputError, check_template, require_dtype, require_finite, require_positive
 from ivg_jax.guidance import same_vocabulary
 from ivg_jax.model.api import Model, abstract_model, attach_head
 from ivg_jax.sharding import DEFAULT_RULES, make_mesh, to_host
@@ -97,6 +97,7 @@ class TrainConfig:
         check_template(self.template)
         require_positive(self, ("batch_size", "eval_every", "save_every", "keep_last", "log_every", "mesh_data",
                                 "mesh_model"))
+        require_finite(self, ("epochs",))
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be >= 1; got {self.steps}")
         if self.epochs <= 0:
@@ -134,19 +135,19 @@ class _Interrupt(Exception):
     pass
 
 
-def _load(source, dtype, mesh, rules):
+def _load(source, dtype, mesh, rules, progress: bool = False):
     if isinstance(source, Model):
         return source
     from ivg_jax.loading import load_model
 
-    return load_model(source, dtype=dtype, mesh=mesh, rules=rules)
+    return load_model(source, dtype=dtype, mesh=mesh, rules=rules, progress=progress)
 
 
-def prepare_model(cfg: TrainConfig, model: Model | None, mesh, rules) -> Model:
+def prepare_model(cfg: TrainConfig, model: Model | None, mesh, rules, progress: bool = False) -> Model:
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     if model is None and not cfg.model:
         raise InputError("no model given: set TrainConfig.model to a path or hub id, or pass model=")
-    model = _load(model if model is not None else cfg.model, dtype, mesh, rules)
+    model = _load(model if model is not None else cfg.model, dtype, mesh, rules, progress)
     head = HEAD_OF[cfg.objective]
     if model.config.head != head:
         if head == "lm":
@@ -175,10 +176,11 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
 
     rules = FSDP_RULES if cfg.fsdp else DEFAULT_RULES
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_model) if cfg.mesh_data * cfg.mesh_model > 1 else None
-    model = prepare_model(cfg, model, mesh, rules)
+    model = prepare_model(cfg, model, mesh, rules, progress)
     ref_model = None
     if objective.kind == "dpo":
-        ref_model = _load(reference if reference is not None else (cfg.reference or model), model.dtype, mesh, rules)
+        ref_model = _load(reference if reference is not None else (cfg.reference or model), model.dtype, mesh, rules,
+                          progress)
         if not same_vocabulary(model, ref_model):
             raise InputError(f"policy {model.source} and reference {ref_model.source} have different tokenizers; "
                              "DPO compares their log-probs of the same token ids, so they must share one")
