@@ -12,6 +12,7 @@ import ivg_jax
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding import engine
 from ivg_jax.decoding.engine import generate
+from ivg_jax.decoding.plain import complete
 from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
@@ -241,6 +242,18 @@ def test_bad_input_is_rejected_before_compiling(models):
         generate(base, [[3] * 40], g, Search(1, 1), max_new_tokens=2000)
     with pytest.raises(InputError, match="value model"):
         generate(base, PROMPTS, Guidance(explicit=ExplicitGuide(models["tuned0"]), token="explicit"))
+    for bad_id in (61, -1):  # the embedding lookup would clamp them into other tokens
+        with pytest.raises(InputError, match=f"prompt 1 holds token id {bad_id}, outside"):
+            generate(base, [[5, 6], [7, bad_id]], g, Search(1, 1))
+        with pytest.raises(InputError, match=f"prompt 1 holds token id {bad_id}, outside"):
+            complete(base, [[5, 6], [7, bad_id]])
+    with pytest.raises(InputError, match="prompt 0: every implicit guide weight is <= 0"):
+        generate(base, PROMPTS, _guidance(models, "none", "implicit", weights=(0.0, -1.0)), Search(2, 2, 3))
+    with pytest.raises(InputError, match="prompt 1: every implicit guide weight is <= 0"):
+        generate(base, PROMPTS, _guidance(models, "none", "implicit"), Search(2, 2, 3),
+                 implicit_weights=[[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    with pytest.raises(InputError, match="stop strings must be non-empty"):
+        generate(base, PROMPTS, g, Search(1, 1), stop_strings=[""])
     other_vocab = ivg_jax.init_model(CFG.replace(vocab_size=67), 8)
     with pytest.raises(InputError, match="does not share the base's vocabulary"):
         generate(base, PROMPTS, Guidance(implicit=[ImplicitGuide(other_vocab, other_vocab)], token="implicit"))

@@ -112,3 +112,21 @@ def test_gguf_tokenizer_is_converted_once_then_read_back_unchanged(tmp_path, mon
     chat = [{"role": "user", "content": "Review this film."}]
     assert cached.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
         converted.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def test_stop_tables_on_the_real_vocabulary_equal_brute_force(models):
+    """Every one of the 49,152 tokens' in-context texts through the KMP tables of multi-character stop strings,
+    against the definition (longest prefix of the stop string ending the text; its length once it occurred)."""
+    from ivg_jax.decoding.stops import token_texts, transition_table
+
+    ours, _ = models
+    texts = token_texts(ours.tokenizer, ours.config.vocab_size)
+    assert texts[ours.tokenizer(" world", add_special_tokens=False)["input_ids"][0]] == " world"
+    for stop in ("\n\n", "The end.", "!!"):
+        table = transition_table(stop, texts)
+        for q in range(len(stop)):
+            seen = [stop[:q] + t for t in texts]
+            expected = [len(stop) if stop in x else max(k for k in range(len(stop)) if x.endswith(stop[:k]))
+                        for x in seen]
+            np.testing.assert_array_equal(table[q], expected, err_msg=f"{stop!r} from state {q}")
+        assert (table[len(stop)] == len(stop)).all()

@@ -27,6 +27,7 @@ import numpy as np
 from ivg_jax.decoding.prompts import encode
 from ivg_jax.decoding.retokenize import HostChunkScorer
 from ivg_jax.decoding.sampling import Sampling, sample, step_keys
+from ivg_jax.decoding.stops import Stops, advance, build_stops, trim
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
@@ -51,6 +52,7 @@ class Program:
     max_new_tokens: int
     sampling: Sampling
     pad_id: int
+    n_stop_strings: int = 0  # S: one match state per row per stop string
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
 
     @property
@@ -77,7 +79,8 @@ class DecodeState:
     outputs: tuple  # one [R, V] float32 per model: next-token logits (token values S for the value model)
     implicit_score: jax.Array  # [R] Σ_t Σ_i w_i (log π_tuned_i − log π_ref_i)(y_t)
     value: jax.Array  # [R] explicit value of the response so far, S at its last token
-    done: jax.Array  # [R] bool: sampled a stop token
+    done: jax.Array  # [R] bool: sampled a stop id or completed a stop string
+    stop_state: jax.Array  # [R, S] int32 how much of each stop string ends the response (ivg_jax.decoding.stops)
     duplicate: jax.Array  # [R] bool: a tiled copy of a finished hypothesis, never selected
     lengths: jax.Array  # [R] int32 generated tokens, stop token included
     log_ratio: jax.Array  # [R, N] per-token log p_guided(y) − log p_base(y) (tempered distributions)
@@ -102,7 +105,8 @@ def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
 
 # Per-row fields that belong to a hypothesis and move with it when beams are reordered. `keys` is per row too,
 # but belongs to the slot: children of one parent must keep drawing different samples.
-HYPOTHESIS_FIELDS = ("tokens", "implicit_score", "value", "done", "duplicate", "lengths", "log_ratio", "kl")
+HYPOTHESIS_FIELDS = ("tokens", "implicit_score", "value", "done", "stop_state", "duplicate", "lengths", "log_ratio",
+                     "kl")
 
 
 def _map_rows(state: DecodeState, fn, cache_fn, fields: tuple[str, ...]) -> DecodeState:
@@ -131,7 +135,7 @@ def _guided_logprobs(program: Program, outputs, w_implicit, w_explicit):
     return base, guided, ratio
 
 
-def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, state: DecodeState) -> DecodeState:
+def _token_step(program: Program, params, w_implicit, w_explicit, stops: Stops, state: DecodeState) -> DecodeState:
     base, guided, ratio = _guided_logprobs(program, state.outputs, w_implicit, w_explicit)
     token = sample(step_keys(state.keys, state.step), guided, program.sampling)
     active = ~state.done & (state.step < program.max_new_tokens)
@@ -157,6 +161,7 @@ def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, stat
         out, cache = extend(graphdef, p, token[:, None], active[:, None], cache)
         outputs.append(out[:, 0])
         caches.append(cache)
+    stop_state, stopped = advance(stops, state.stop_state, token, active)
     col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
     return dataclasses.replace(
         state,
@@ -165,7 +170,8 @@ def _token_step(program: Program, params, w_implicit, w_explicit, stop_ids, stat
         outputs=tuple(jnp.where(active[:, None], o, old) for o, old in zip(outputs, state.outputs)),
         implicit_score=implicit_score,
         value=value,
-        done=state.done | (active & jnp.isin(token, stop_ids)),
+        done=state.done | stopped,
+        stop_state=stop_state,
         lengths=state.lengths + active.astype(jnp.int32),
         log_ratio=state.log_ratio.at[:, col].set(log_ratio),
         kl=state.kl.at[:, col].set(kl),
@@ -224,17 +230,18 @@ def _init_state(program: Program, params, prompt_ids, prompt_masks, prompt_seeds
     state = DecodeState(
         tokens=jnp.full((n_rows, program.n_steps), program.pad_id, jnp.int32), caches=tuple(caches),
         outputs=tuple(outputs), implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
+        stop_state=jnp.zeros((n_rows, program.n_stop_strings), jnp.int32),
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
         step=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), work=jnp.zeros(n_prompts, jnp.int32))
     return _constrain_rows(program, state)
 
 
-def _run_chunk(program: Program, params, w_implicit, w_explicit, stop_ids, state: DecodeState) -> DecodeState:
+def _run_chunk(program: Program, params, w_implicit, w_explicit, stops: Stops, state: DecodeState) -> DecodeState:
     """L token steps. w_implicit [P, n_implicit], w_explicit [P] are expanded to the prompt's rows."""
     rows = jnp.repeat(jnp.arange(w_explicit.shape[0]), program.width)
     step = functools.partial(_token_step, program, params, jnp.take(w_implicit, rows, axis=0),
-                             jnp.take(w_explicit, rows, axis=0), stop_ids)
+                             jnp.take(w_explicit, rows, axis=0), stops)
     state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
     return state
 
@@ -245,11 +252,11 @@ def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("program",))
-def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stop_ids):
+def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stops: Stops):
     """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
     w_explicit [P]; prompt_seeds [P, 2] (seed, index): prompt p's key is fold_in(key(seed), index).
     Returns the final `DecodeState` (rows R = P·W·K) and the best row per prompt [P]."""
-    chunk = functools.partial(_run_chunk, program, params, w_implicit, w_explicit, stop_ids)
+    chunk = functools.partial(_run_chunk, program, params, w_implicit, w_explicit, stops)
     state = chunk(_init_state(program, params, prompt_ids, prompt_masks, prompt_seeds))
     state = jax.lax.while_loop(
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
@@ -296,31 +303,9 @@ def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
     return members
 
 
-def stop_token_ids(tokenizer, stop_strings: Sequence[str], eos_ids: Sequence[int]) -> np.ndarray:
-    """Ids that end a row: EOS ids and every token whose text contains a stop string (spec §3.6)."""
-    ids = set(int(i) for i in eos_ids)
-    if stop_strings:
-        if tokenizer is None:
-            raise InputError("stop strings need a tokenizer; pass stop token ids instead")
-        ids |= _ids_containing(tokenizer, tuple(stop_strings))
-    return np.asarray(sorted(ids) or [-1], np.int32)
-
-
-_STOP_CACHE: dict = {}
-
-
-def _ids_containing(tokenizer, stop_strings: tuple[str, ...]) -> set[int]:
-    """Token ids whose decoded text contains any stop string (one pass over the vocabulary, cached)."""
-    key = (id(tokenizer), stop_strings)
-    if key not in _STOP_CACHE:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
-        _STOP_CACHE[key] = {i for i, t in enumerate(texts) if any(s in t for s in stop_strings)}
-    return _STOP_CACHE[key]
-
-
-def _trim(text: str, stop_strings: Sequence[str]) -> str:
-    cut = min((text.find(s) for s in stop_strings if s in text), default=-1)
-    return text if cut < 0 else text[:cut]
+def stop_token_ids(stop_ids: Sequence[int]) -> np.ndarray:
+    """Ids that end a row (EOS or the caller's), as a non-empty array ([-1] when none)."""
+    return np.asarray(sorted({int(i) for i in stop_ids}) or [-1], np.int32)
 
 
 def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
@@ -372,7 +357,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         if template != "{prompt}" and not isinstance(prompts[0], str):
             raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
                              f"(got {template!r})")
-        i, k = encode(m.tokenizer, prompts, template, pad_id=pad_id)
+        i, k = encode(m.tokenizer, prompts, template, pad_id=pad_id, vocab_size=m.config.vocab_size)
         limit = m.config.max_positions
         if i.shape[1] + chunks * length > limit:
             raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
@@ -382,6 +367,11 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         masks.append(put(k, ("batch", None), mesh))
     n_implicit = len(guidance.implicit)
     w_imp = _implicit_weights(host_guidance.implicit, implicit_weights, n_real)
+    if host_guidance.chunk == "implicit" and not np.all((w_imp > 0).any(axis=1)):
+        p = int(np.argmin((w_imp > 0).any(axis=1)))
+        raise InputError(f"prompt {p}: every implicit guide weight is <= 0 ({w_imp[p].tolist()}), so its implicit "
+                         "chunk scores Σ w_i·(log π_tuned − log π_ref) are constant or inverted; give a guide a "
+                         "positive weight or use another chunk-level mode")
     if host_kind == "implicit":
         w_host, w_imp = _pad_rows(w_imp, n_prompts), np.zeros((n_real, 0), np.float32)
     w_exp = per_prompt_weights(
@@ -390,16 +380,17 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     w_imp = _pad_rows(w_imp, n_prompts)
     w_exp = _pad_rows(w_exp, n_prompts)
     seeds = _pad_rows(_prompt_seeds(seed, n_real), n_prompts)
-    stops = stop_token_ids(base.tokenizer, stop_strings,
-                           base.config.eos_token_ids if stop_ids is None else stop_ids)
+    stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
+                        base.config.vocab_size)
     program = Program(
         graphdefs=tuple(m.graphdef for m, _ in members), n_implicit=n_implicit,
         has_value=guidance.explicit is not None, token=guidance.token, chunk=guidance.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
-        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, mesh=mesh)
+        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, n_stop_strings=stops.n_strings, mesh=mesh)
     params = tuple((shard_params(m, mesh) if mesh is not None else m).params for m, _ in members)
     args = (program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
-            put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh), put(stops, (None,), mesh))
+            put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh),
+            jax.tree.map(lambda a: put(a, (None,) * a.ndim, mesh), stops))
     if host_kind is None:
         state, best = run(*args)
         return _result(program, state, to_host(best)[:n_real], base.tokenizer, stop_strings, len(members),
@@ -476,7 +467,7 @@ def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, s
     per_prompt = prompt_tokens + host["work"][:n_real].astype(np.int64) * n_models
     texts = None
     if tokenizer is not None:
-        texts = [_trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
+        texts = [trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
                  for t, n in zip(tokens, lengths)]
     return Generation(
         tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],
