@@ -9,8 +9,9 @@ Schemas (one JSON object per line; extra keys are ignored):
 
 Any record with a response may carry `"eos": false` when the response was cut off rather than finished; it then
 gets no EOS token (a truncated sample must not teach the model to stop there). Prompts are formatted with the
-model's template and tokenised exactly as the decoder does (`add_special_tokens=False` unless asked), responses
-are tokenised on their own and appended, so training sees the token boundary decoding produces.
+model's template and tokenised exactly as the decoder does (the tokenizer's default special tokens, e.g. BOS for
+Llama-2/Mistral: `ivg_jax.decoding.prompts.prompt_token_ids`), responses are tokenised on their own and
+appended, so training sees the token boundary decoding produces.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ivg_jax import jsonl
+from ivg_jax.decoding.prompts import prompt_token_ids
 from ivg_jax.errors import InputError, check_template
 
 KINDS = ("preference", "scored", "sft")
@@ -77,7 +79,7 @@ class Tokenization:
     template: str = "{prompt}"
     max_length: int = 256
     eos_id: int | None = None
-    add_special_tokens: bool = False
+    add_special_tokens: bool | None = None  # None: the tokenizer's default for prompts, as the decoder encodes them
 
     def __post_init__(self):
         check_template(self.template)
@@ -98,11 +100,10 @@ def encode_pair(tokenizer, tok: Tokenization, prompt: str | None, response: str,
     predicted from the position before them. `prompt=None` means plain text with the loss on every token but
     the first."""
     if prompt is None:
-        ids = list(tokenizer(response, add_special_tokens=tok.add_special_tokens)["input_ids"])
+        ids = prompt_token_ids(tokenizer, response, tok.add_special_tokens)
         n_prompt = 1
     else:
-        prompt_ids = list(tokenizer(tok.template.format(prompt=prompt),
-                                    add_special_tokens=tok.add_special_tokens)["input_ids"])
+        prompt_ids = prompt_token_ids(tokenizer, tok.template.format(prompt=prompt), tok.add_special_tokens)
         if not prompt_ids:
             raise InputError(f"{where}: the prompt is empty after tokenisation; a response needs a context")
         if len(prompt_ids) >= tok.max_length:
