@@ -24,8 +24,10 @@ def test_dpo_command_trains_and_exports(tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
     proc = _run("dpo.py", "--model", str(tmp_path / "tiny"), "--train-data", data, "--val-data", data,
                 "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--max-length", "16",
-                "--eval-every", "2", "--train-top-blocks", "1")
+                "--eval-every", "2", "--save-every", "1", "--train-top-blocks", "1", "--quiet")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # --quiet: no progress bars, and no library logging (Orbax warned on each save between validations)
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
     summary = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert summary["final_step"] == 2 and summary["best_step"] == 2
     assert 0.0 <= summary["best_metrics"]["val_accuracy"] <= 1.0

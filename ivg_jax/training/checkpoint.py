@@ -9,6 +9,7 @@ previous checkpoints intact and the half-written one invisible.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -18,6 +19,17 @@ import orbax.checkpoint as ocp
 from ivg_jax.errors import CheckpointError
 
 _policies = ocp.checkpoint_managers
+
+
+class _QuietUnvalidatedSaves(logging.Filter):
+    """Steps saved between validations carry no metrics by design (they rank below every validated step);
+    Orbax warns about each one on absl's logger, which printed on every run, even with --quiet."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietUnvalidatedSaves())
 
 
 class Checkpoints:
