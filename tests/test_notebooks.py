@@ -46,3 +46,6 @@ def test_notebook_runs(name, tmp_path):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(o.output_type == "stream" for o in outputs)
+    # no "IProgress not found" (tqdm.auto in a kernel without ipywidgets) or other noise on stderr
+    noise = [o.text for o in outputs if o.output_type == "stream" and o.name == "stderr" and "IProgress" in o.text]
+    assert not noise, noise

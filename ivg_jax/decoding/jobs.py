@@ -214,7 +214,7 @@ def _decode_into(f, cfg: DecodeJobConfig, digest: str, pending: list[tuple[str, 
     base, guidance = _models(cfg, progress)
     search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
     sampling = cfg.sampling
-    from tqdm.auto import tqdm
+    from ivg_jax.progress import tqdm
 
     bar = tqdm(total=total, initial=total - len(pending), disable=not progress, unit="prompt")
     for start in range(0, len(pending), cfg.batch_size):

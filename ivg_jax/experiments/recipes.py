@@ -170,9 +170,8 @@ def _output_slot(path: Path):
 
 def _decode(recipe: Recipe, base, prompts: list[str], guidance, search, sampling, batch_size: int, seed: int,
             progress: bool) -> list[str]:
-    from tqdm.auto import tqdm
-
     import ivg_jax
+    from ivg_jax.progress import tqdm
 
     outputs = []
     for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=recipe.name):

@@ -16,7 +16,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from ivg_jax.config import ModelConfig, config_from_gguf, config_from_hf
 from ivg_jax.defaults import MODEL_NAMES, resolve_model_name
@@ -26,6 +25,7 @@ from ivg_jax.loading.gguf_tokenizer import tokenizer_from_gguf
 from ivg_jax.loading.layout import IGNORABLE_SUFFIXES, Rule, rules_for
 from ivg_jax.loading.safetensors_source import PICKLE_SUFFIXES, SafetensorsSource, refuse_pickle
 from ivg_jax.model.api import Model, abstract_model
+from ivg_jax.progress import tqdm
 from ivg_jax.sharding import DEFAULT_RULES, named_sharding, param_logical_axes
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}

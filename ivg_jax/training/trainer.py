@@ -364,7 +364,7 @@ class _Window:
 
 
 def _progress(enabled: bool, start: int, total: int):
-    from tqdm.auto import tqdm
+    from ivg_jax.progress import tqdm
 
     return tqdm(total=total, initial=start, disable=not enabled or jax.process_index() != 0, unit="step",
                 dynamic_ncols=True)
