@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.decoding.prompts import encode
@@ -44,13 +46,19 @@ def continuation_nll(model: Model, prompts, continuations, template: str = "{pro
         for i, c in enumerate(conts):
             full[i, ids.shape[1]:ids.shape[1] + len(c)] = c
             full_mask[i, ids.shape[1]:ids.shape[1] + len(c)] = True
-        logits = np.asarray(forward(model, full, full_mask), np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        # Only the [B, T] log-probs of the next tokens leave the device (not [B, T, V] logits to the host).
+        logp = np.asarray(_next_token_logprobs(forward(model, full, full_mask), jnp.asarray(full)))
         for i, c in enumerate(conts):
             if not c:
                 continue
             t0 = ids.shape[1]
-            pos = np.arange(t0 - 1, t0 - 1 + len(c))
-            out[start + i] = -logp[i, pos, c].mean()
+            out[start + i] = -logp[i, t0 - 1:t0 - 1 + len(c)].mean()
     return out
+
+
+@jax.jit
+def _next_token_logprobs(logits: jax.Array, ids: jax.Array) -> jax.Array:
+    """logits [B, T, V], ids [B, T] -> [B, T] log p(ids[:, t + 1] | ids[:, :t + 1]) (the last column: 0)."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    following = jnp.concatenate([ids[:, 1:], jnp.zeros_like(ids[:, :1])], axis=1)
+    return jnp.take_along_axis(logp, following[..., None], axis=-1)[..., 0]
