@@ -7,7 +7,10 @@ validation pairs (disjoint 1st-2nd, 3rd-4th responses of each validation prompt)
 
     acc_bt      the implicit reward r = beta * (log pi_tuned - log pi_ref) of the BT-chosen response is higher
     acc_argmax  the implicit reward orders the pair as the gold reward does (pairs with equal gold rewards left out)
-    train_acc   acc_bt on the recipe's own training pairs at its best step (memorising vs not learning)
+    train_acc   accuracy on the recipe's own training pairs at the final step (memorising vs not learning)
+
+Accuracies are read at the step with the lowest validation loss (the checkpoint the pipeline keeps) and at
+the final step.
 
 A recipe is a training label scheme plus optimiser settings:
     bt       the pipeline's Bradley-Terry draws p(y1 > y2) = sigmoid(r1 - r2) (noisy: ~73% agree with argmax)
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 import time
 from pathlib import Path
@@ -40,6 +42,12 @@ RECIPES = {
     "allpairs-lr5e-4": ("allpairs", 5e-4, 0.1, 4, 2.0, 0.0),
     "allpairs-lr1e-4-b8": ("allpairs", 1e-4, 0.1, 8, 2.0, 0.0),
     "allpairs-lr1e-3-beta05": ("allpairs", 1e-3, 0.5, 4, 2.0, 0.0),
+    # the fast preset's scale (160 train prompts x 4 samples, top 2 blocks)
+    "maxgap-lr5e-4-top2-3ep": ("maxgap", 5e-4, 0.1, 2, 3.0, 0.0),
+    "maxgap-lr5e-4-top2-6ep": ("maxgap", 5e-4, 0.1, 2, 6.0, 0.0),
+    "maxgap-lr1e-3-top2-3ep": ("maxgap", 1e-3, 0.1, 2, 3.0, 0.0),
+    "maxgap-lr5e-4-top2-3ep-beta05": ("maxgap", 5e-4, 0.5, 2, 3.0, 0.0),
+    "allpairs-lr5e-4-top2-1ep": ("allpairs", 5e-4, 0.1, 2, 1.0, 0.0),
 }
 
 
@@ -57,24 +65,22 @@ def _rows(path: Path) -> list[dict]:
 
 
 def train_pairs(data: Path, labels: str) -> list[dict]:
-    if labels == "bt":
-        return _rows(data / "data" / "pairs_train.jsonl")
+    """Training pairs of a label scheme, made from the run's scored train samples (bt, maxgap and allpairs by
+    the pipeline's own rule; argmax: bt's disjoint pairs with the higher reward chosen)."""
+    from ivg_jax.experiments.sentiment.pipeline import _pairs_of
+
+    rng = np.random.default_rng(0)
     pairs = []
     for row in _rows(data / "samples" / "train.jsonl"):
         kept = [(t, r, e) for t, r, e in zip(row["responses"], row["rewards"], row["ended"]) if t.strip()]
         if labels == "argmax":
-            groups = list(zip(kept[0::2], kept[1::2]))
-        elif labels == "maxgap":
-            groups = [(max(kept, key=lambda x: x[1]), min(kept, key=lambda x: x[1]))] if len(kept) >= 2 else []
-        elif labels == "allpairs":
-            groups = list(itertools.combinations(kept, 2))
+            groups = [(a, b) if a[1] > b[1] else (b, a) for a, b in zip(kept[0::2], kept[1::2]) if a[1] != b[1]]
+        elif labels in ("bt", "maxgap", "allpairs"):
+            groups = _pairs_of(kept, labels, rng)
         else:
             raise SystemExit(f"unknown label scheme {labels!r}")
-        for a, b in groups:
-            if a[1] == b[1]:
-                continue
-            (ct, _, ce), (rt, _, re_) = (a, b) if a[1] > b[1] else (b, a)
-            pairs.append({"prompt": row["prompt"], "chosen": ct, "rejected": rt, "eos": bool(ce and re_)})
+        pairs += [{"prompt": row["prompt"], "chosen": c[0], "rejected": r[0], "eos": bool(c[2] and r[2])}
+                  for c, r in groups]
     return pairs
 
 
@@ -91,7 +97,8 @@ def accuracies(npz: Path, order: np.ndarray) -> tuple[float, float]:
     z = np.load(npz)
     margin = z["chosen"] - z["rejected"]
     decided = order != 0
-    return float(np.mean(margin > 0)), float(np.mean(np.sign(margin[decided]) == order[decided]))
+    agree = lambda sign: np.where(margin == 0, 0.5, np.sign(margin) == sign)  # noqa: E731  (a tie is a coin flip)
+    return float(np.mean(agree(1))), float(np.mean(agree(order)[decided]))
 
 
 def run_recipe(name: str, data: Path, work: Path, model, batch: int) -> dict:
@@ -114,18 +121,25 @@ def run_recipe(name: str, data: Path, work: Path, model, batch: int) -> dict:
     seconds = time.perf_counter() - t0
     order = gold_order(data)
     curve = {int(p.stem): accuracies(p, order) for p in sorted((out / "run" / "validation").glob("*.npz"))}
-    best = result.best_step if result.best_step is not None else 0
+    best = best_by_val_loss(out / "run")
     train_acc = _train_accuracy(cfg, result, pairs_path, model)
     return {"recipe": name, "labels": labels, "pairs": len(pairs), "lr": lr, "beta": beta, "top_blocks": top,
             "epochs": epochs, "best_step": best, "final_step": result.final_step,
             "acc_bt": curve.get(best, (float("nan"),) * 2)[0], "acc_argmax": curve.get(best, (float("nan"),) * 2)[1],
             "acc_bt_final": curve[max(curve)][0], "acc_argmax_final": curve[max(curve)][1],
-            "curve": curve, "train_acc_best": train_acc, "seconds": seconds}
+            "curve": curve, "train_acc_final": train_acc, "seconds": seconds}
+
+
+def best_by_val_loss(run_dir: Path) -> int:
+    """The validated step with the lowest validation loss: the checkpoint the pipeline would keep (it saves at
+    every validation; this benchmark saves only the last, so the trainer's own best is the final step)."""
+    rows = [r for r in _rows(run_dir / "metrics.jsonl") if r.get("split") == "val" and r["step"] > 0]
+    return min(rows, key=lambda r: r["loss"])["step"] if rows else 0
 
 
 def _train_accuracy(cfg, result, pairs_path: Path, model) -> float:
-    """acc_bt of the best weights on (up to 400 of) the recipe's own training pairs: the trainer's step-0
-    validation of a job that starts from the best weights (its one step changes nothing that is read)."""
+    """Accuracy of the final weights on (up to 400 of) the recipe's own training pairs: the trainer's step-0
+    validation of a job that starts from them (its one step changes nothing that is read)."""
     from ivg_jax.training import train
 
     rows = _rows(pairs_path)[:400]
@@ -135,12 +149,14 @@ def _train_accuracy(cfg, result, pairs_path: Path, model) -> float:
                                     steps=1, epochs=1.0, learning_rate=1e-12, eval_every=10**6, save_every=10**6)
     train(probe_cfg, model=result.model, reference=model, progress=False)
     z = np.load(Path(probe_cfg.output_dir) / "validation" / "0.npz")
-    return float(np.mean(z["chosen"] > z["rejected"]))
+    return float(np.mean(np.where(z["chosen"] == z["rejected"], 0.5, z["chosen"] > z["rejected"])))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True, help="working directory (data and runs; rerun to resume)")
+    p.add_argument("--data", default="", help="an existing sentiment run directory to take the samples and "
+                   "validation pairs from (e.g. the fast preset's) instead of sampling new ones")
     p.add_argument("--only", default="", help="comma-separated recipe names (default: all)")
     p.add_argument("--n-train", type=int, default=400)
     p.add_argument("--n-val", type=int, default=100)
@@ -150,7 +166,7 @@ def main() -> None:
     args = p.parse_args()
     work = Path(args.work)
     t0 = time.perf_counter()
-    data = make_data(work, args.n_train, args.n_val, args.samples, args.tokens)
+    data = Path(args.data) if args.data else make_data(work, args.n_train, args.n_val, args.samples, args.tokens)
     print(f"data: {time.perf_counter() - t0:.0f} s", flush=True)
     import ivg_jax
     from ivg_jax.defaults import default_model_path
@@ -168,16 +184,18 @@ def main() -> None:
         results.append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
     label = json.loads((data / "stages" / "label.json").read_text())
-    lines = [f"Data: {args.n_train} train / {args.n_val} validation prompts x {args.samples} samples x "
-             f"{args.tokens} tokens; validation: {label['val']['pairs']} BT pairs "
+    sizes = json.loads((data / "config.json").read_text())
+    lines = [f"Data ({data}): {sizes['n_train']} train / {sizes['n_val']} validation prompts x "
+             f"{sizes['samples_per_prompt']} samples x {sizes['max_new_tokens']} tokens; validation: "
+             f"{label['val']['pairs']} BT pairs "
              f"({label['val']['labels_agreeing_with_argmax']:.0%} agree with argmax).", "",
              "| recipe | train pairs | lr | beta | top blocks | best step / final | held-out acc (BT) "
-             "| held-out acc (argmax) | at final step (BT / argmax) | train acc (BT labels of the recipe) | s |",
+             "| held-out acc (argmax) | at final step (BT / argmax) | train acc (final step) | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['recipe']} | {r['pairs']} | {r['lr']:g} | {r['beta']:g} | {r['top_blocks']} "
                      f"| {r['best_step']} / {r['final_step']} | {r['acc_bt']:.3f} | {r['acc_argmax']:.3f} "
-                     f"| {r['acc_bt_final']:.3f} / {r['acc_argmax_final']:.3f} | {r['train_acc_best']:.3f} "
+                     f"| {r['acc_bt_final']:.3f} / {r['acc_argmax_final']:.3f} | {r['train_acc_final']:.3f} "
                      f"| {r['seconds']:.0f} |")
     table = "\n".join(lines)
     (work / "recipes.md").write_text(table + "\n")

@@ -103,8 +103,14 @@ def test_every_stage_meets_its_contract(pipeline_run):
             diff = ivg_rewards - gold([r["prompt"] + r["text"] for r in decoded[m]])
             mean, lo, hi = results["ivg"]["minus"][m]
             assert mean == pytest.approx(diff.mean()) and lo <= mean <= hi
+    # and EFT minus the base: the implicit guide's own effect
+    eft_diff = gold([r["prompt"] + r["text"] for r in decoded["eft"]]) - gold([r["prompt"] + r["text"]
+                                                                                for r in decoded["base"]])
+    mean, lo, hi = results["eft"]["minus"]["base"]
+    assert mean == pytest.approx(eft_diff.mean()) and lo <= mean <= hi
     table = (d / "results.md").read_text().strip().splitlines()
-    assert len(table) == 2 + len(DEFAULT_METHODS) + 3 + len(DEFAULT_METHODS) - 1
+    assert len(table) == 2 + len(DEFAULT_METHODS) + 3 + (len(DEFAULT_METHODS) - 1) + 1
+    assert table[-1].startswith("| EFT − base (plain sampling) |")
     assert "\n".join(table) in stdout  # the command ends by printing the table
     assert (d / "reward_vs_kl.png").stat().st_size > 0 and (d / "reward_vs_compute.png").stat().st_size > 0
 
@@ -182,3 +188,29 @@ def test_command_rejects_bad_settings_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown methods ['magic']")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("scheme, expected", [
+    ("maxgap", [("b", "d")]),
+    ("allpairs", [("a", "c"), ("b", "a"), ("a", "d"), ("b", "c"), ("b", "d"), ("c", "d")]),
+])
+def test_training_pair_schemes(scheme, expected):
+    """Hand-derived pairs of four samples with rewards a 1, b 3, c 0, d -2 and a tie e = a."""
+    from ivg_jax.experiments.sentiment.pipeline import _pairs_of
+
+    kept = [("a", 1.0, True), ("b", 3.0, True), ("c", 0.0, False), ("d", -2.0, True), ("e", 1.0, True)]
+    got = [(c[0], r[0]) for c, r in _pairs_of(kept, scheme, np.random.default_rng(0))]
+    if scheme == "allpairs":  # e ties a and is otherwise a's twin
+        expected = expected + [("b", "e"), ("e", "c"), ("e", "d")]
+    assert sorted(got) == sorted(expected)
+
+
+def test_bt_pairs_are_disjoint_and_follow_the_reward():
+    from ivg_jax.experiments.sentiment.pipeline import _pairs_of
+
+    kept = [("a", 5.0, True), ("b", -5.0, True), ("c", 0.0, True), ("d", 0.0, True), ("e", 1.0, True)]
+    firsts = [_pairs_of(kept, "bt", np.random.default_rng(s)) for s in range(400)]
+    assert all([{c[0], r[0]} for c, r in p] == [{"a", "b"}, {"c", "d"}] for p in firsts)
+    a_wins = np.mean([p[0][0][0] == "a" for p in firsts])
+    c_wins = np.mean([p[1][0][0] == "c" for p in firsts])
+    assert a_wins > 0.98 and 0.4 < c_wins < 0.6  # sigmoid(10) and sigmoid(0)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -43,6 +44,13 @@ METHOD_LABELS = {
     "cbs_explicit_matched": "CBS explicit, K = {k_matched} (IVG's compute)",
 }
 PROMPTS_DIR = Path(__file__).parent / "prompts"
+# How the DPO training pairs are made from each train prompt's samples. Validation pairs are always "bt", the
+# paper's yardstick. benchmarks/dpo_recipes.py measures what each gives the guide.
+PAIR_SCHEMES = {
+    "bt": "disjoint pairs (1st-2nd, 3rd-4th, ...) labelled by a Bradley-Terry draw p(y1 > y2) = sigmoid(r1 - r2)",
+    "maxgap": "one pair per prompt: its highest- against its lowest-reward sample (ties dropped)",
+    "allpairs": "every pair of a prompt's samples with different rewards, the higher one chosen",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +64,7 @@ class SentimentConfig:
     n_val: int = 100
     n_test: int = 200
     samples_per_prompt: int = 2  # the paper's protocol; more gives disjoint pairs 1st-2nd, 3rd-4th, ...
+    dpo_pairs: str = "bt"  # training pairs: "bt" (the paper's), "maxgap" or "allpairs" (see PAIR_SCHEMES)
     sample_temperature: float = 1.0
     max_new_tokens: int = 50
     temperature: float = 0.7
@@ -91,6 +100,8 @@ class SentimentConfig:
         check_template(self.base_template, "base_template")
         check_template(self.guide_template, "guide_template")
         require_dtype(self.dtype)
+        if self.dpo_pairs not in PAIR_SCHEMES:
+            raise InputError(f"dpo_pairs must be one of {', '.join(PAIR_SCHEMES)}; got {self.dpo_pairs!r}")
         if self.samples_per_prompt < 2:
             raise InputError("samples_per_prompt must be >= 2: preference pairs need two responses per prompt")
 
@@ -122,6 +133,8 @@ SENTIMENT_HELP = {
     "prompts_dir": "directory with train.txt, val.txt, test.txt (default: the shipped openings)",
     "n_train": "train prompts", "n_val": "validation prompts", "n_test": "test prompts",
     "samples_per_prompt": "continuations sampled per train / validation prompt (disjoint pairs: 1st-2nd, 3rd-4th, ...)",
+    "dpo_pairs": "DPO training pairs from each prompt's samples: "
+                 + "; ".join(f"{k}: {v}" for k, v in PAIR_SCHEMES.items()),
     "sample_temperature": "temperature of the data-collection samples",
     "max_new_tokens": "new tokens per continuation", "temperature": "decoding temperature of the methods",
     "base_template": "the base's prompt template", "guide_template": "the guides' prompt template",
@@ -142,10 +155,16 @@ SENTIMENT_HELP = {
 
 PRESETS = {
     "full": {},
-    # The README's main job: minutes on 2 CPU cores, every stage and method, small sizes.
-    "fast": dict(n_train=48, n_val=16, n_test=12, max_new_tokens=24, dpo_epochs=2.0,
-                 fudge_epochs=2.0, dpo_learning_rate=1e-3, fudge_learning_rate=1e-3, train_batch_size=8,
-                 train_top_blocks=2, sample_batch=48, decode_batch=12, beams=2, candidates=4, chunk_length=6, bon_n=8),
+    # The README's main job: under 10 minutes on 2 CPU cores, sized so that the paired intervals of the claims
+    # it prints (IVG above base, EFT and CBS explicit; EFT above base) clear 0. Four samples per train prompt
+    # give max-gap DPO pairs (the best against the worst sample: the clearest signal a few pairs can carry;
+    # benchmarks/dpo_recipes.py compares schemes). The two costliest methods (CBS implicit, reversed IVG) are
+    # left to the full preset (add them with --methods). Batches are multiples of 8, the engine's prompt bucket
+    # (20 prompts ran as 24), and one decode batch holds every test prompt.
+    "fast": dict(n_train=160, n_val=32, n_test=40, samples_per_prompt=4, dpo_pairs="maxgap", max_new_tokens=24,
+                 dpo_epochs=3.0, dpo_learning_rate=5e-4, fudge_epochs=1.0, fudge_learning_rate=1e-3,
+                 train_batch_size=16, train_top_blocks=2, sample_batch=32, decode_batch=40, beams=2, candidates=4,
+                 chunk_length=6, bon_n=4, methods="base,bon,eft,cbs_explicit,ivg"),
     # CI's check that command 1 runs in a fresh install: every stage and method on the real model, tiny sizes
     # (its numbers mean nothing).
     "smoke": dict(n_train=8, n_val=4, n_test=4, max_new_tokens=8, dpo_epochs=1.0, fudge_epochs=1.0,
@@ -208,7 +227,8 @@ def _check_config(cfg: SentimentConfig) -> None:
     path = cfg.path / "config.json"
     mine = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("run_dir", "methods")}
     if path.exists() and _holds_results(cfg):
-        previous = json.loads(path.read_text())
+        # A setting added after the run was made reads as its default (the behaviour the run had).
+        previous = {f.name: f.default for f in dataclasses.fields(SentimentConfig)} | json.loads(path.read_text())
         changed = {k: (previous.get(k), v) for k, v in mine.items() if previous.get(k) != v}
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
@@ -269,7 +289,7 @@ class Models:
 
 
 def _progress(total: int, desc: str, enabled: bool, initial: int = 0):
-    from tqdm.auto import tqdm
+    from ivg_jax.progress import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, unit="prompt", dynamic_ncols=True)
 
@@ -332,31 +352,46 @@ def _hash_seed(*parts) -> int:
 
 
 def stage_label(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
-    """Bradley–Terry labels from the gold reward; responses that are empty after trimming are dropped."""
+    """Preference pairs from the gold reward (train: `cfg.dpo_pairs`; validation: Bradley-Terry) and the scored
+    responses; responses that are empty after trimming are dropped."""
     summary = {}
     for split in ("train", "val"):
         rng = np.random.default_rng(_hash_seed(cfg.seed, "label", split))
+        scheme = cfg.dpo_pairs if split == "train" else "bt"
         pairs, scored, agree, dropped = [], [], 0, 0
         for row in read_jsonl(cfg.path / "samples" / f"{split}.jsonl"):
             kept = [(t, r, e) for t, r, e in zip(row["responses"], row["rewards"], row["ended"]) if t.strip()]
             dropped += len(row["responses"]) - len(kept)
             scored += [{"prompt": row["prompt"], "response": t, "reward": r, "eos": e} for t, r, e in kept]
-            # Disjoint pairs (1st, 2nd), (3rd, 4th), ...: every response is in at most one pair, so pairs of one
-            # prompt are independent draws, as in the paper's data.
-            for (t1, r1, e1), (t2, r2, e2) in zip(kept[0::2], kept[1::2]):
-                first_wins = rng.random() < 1 / (1 + math.exp(-(r1 - r2)))
-                agree += first_wins == (r1 >= r2)
-                chosen, rejected = ((t1, e1), (t2, e2)) if first_wins else ((t2, e2), (t1, e1))
+            for chosen, rejected in _pairs_of(kept, scheme, rng):
+                agree += chosen[1] >= rejected[1]
                 # A pair shares one "eos" flag in the schema; keep EOS only when both responses ended naturally.
                 pairs.append({"prompt": row["prompt"], "chosen": chosen[0], "rejected": rejected[0],
-                              "eos": bool(chosen[1] and rejected[1])})
+                              "eos": bool(chosen[2] and rejected[2])})
         if not pairs:
             raise InputError(f"no {split} prompt has two non-empty responses; sample more or longer continuations")
         _write_jsonl(cfg.path / "data" / f"pairs_{split}.jsonl", pairs)
         _write_jsonl(cfg.path / "data" / f"scored_{split}.jsonl", scored)
-        summary[split] = {"pairs": len(pairs), "scored": len(scored), "dropped_empty": dropped,
+        summary[split] = {"pairs": len(pairs), "scheme": scheme, "scored": len(scored), "dropped_empty": dropped,
                           "labels_agreeing_with_argmax": agree / len(pairs)}
     return summary
+
+
+def _pairs_of(kept: list[tuple[str, float, bool]], scheme: str, rng) -> list[tuple[tuple, tuple]]:
+    """(chosen, rejected) pairs of one prompt's (text, reward, ended) samples under a PAIR_SCHEMES scheme."""
+    if scheme == "bt":
+        # Disjoint pairs: every response is in at most one pair, so pairs of one prompt are independent draws,
+        # as in the paper's data.
+        out = []
+        for a, b in zip(kept[0::2], kept[1::2]):
+            first_wins = rng.random() < 1 / (1 + math.exp(-(a[1] - b[1])))
+            out.append((a, b) if first_wins else (b, a))
+        return out
+    if scheme == "maxgap":
+        candidates = [(max(kept, key=lambda x: x[1]), min(kept, key=lambda x: x[1]))] if len(kept) >= 2 else []
+    else:
+        candidates = list(itertools.combinations(kept, 2))
+    return [(a, b) if a[1] > b[1] else (b, a) for a, b in candidates if a[1] != b[1]]
 
 
 def _train_config(cfg: SentimentConfig, objective: str):
@@ -460,10 +495,12 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
                            "prompts": len(rows)}
     # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
     # is much tighter than two overlapping marginal intervals suggest.
-    if "ivg" in results:
-        results["ivg"]["minus"] = {
-            m: list(bootstrap_ci(rewards_of["ivg"] - r, seed=_hash_seed(cfg.seed, "ivg", m)))
-            for m, r in rewards_of.items() if m != "ivg"}
+    # IVG against every other method, and EFT against the base: whether the implicit guide alone has an effect.
+    for method, others in (("ivg", [m for m in rewards_of if m != "ivg"]), ("eft", ["base"])):
+        if method in results and all(m in rewards_of for m in others):
+            results[method]["minus"] = {
+                m: list(bootstrap_ci(rewards_of[method] - rewards_of[m], seed=_hash_seed(cfg.seed, method, m)))
+                for m in others}
     table = results_table(cfg, results)
     _atomic_write(cfg.path / "results.json", json.dumps(results, indent=2))
     _atomic_write(cfg.path / "results.md", table + "\n")
@@ -487,15 +524,18 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
                      f"| {r['forward_tokens']:.0f} |")
-    if "minus" in results.get("ivg", {}):
-        ivg = results["ivg"]
-        lines += ["", "| IVG minus | gold reward difference (95% paired CI) | IVG compute / method's |",
-                  "|---|---|---|"]
-        for method, (mean, lo, hi) in ivg["minus"].items():
-            ratio = ivg["forward_tokens"] / results[method]["forward_tokens"]
-            lines.append(f"| {cfg.label(method)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
+    paired = [(a, b, d) for a in ("ivg", "eft") for b, d in results.get(a, {}).get("minus", {}).items()]
+    if paired:
+        lines += ["", "| paired difference (same prompts) | gold reward difference (95% paired CI) "
+                  "| compute ratio |", "|---|---|---|"]
+        for a, b, (mean, lo, hi) in paired:
+            ratio = results[a]["forward_tokens"] / results[b]["forward_tokens"]
+            lines.append(f"| {_SHORT.get(a, a)} − {cfg.label(b)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
                          f"| {ratio:.1f}x |")
     return "\n".join(lines)
+
+
+_SHORT = {"ivg": "IVG", "eft": "EFT"}
 
 
 def plot_results(cfg: SentimentConfig, results: dict) -> None:
