@@ -207,3 +207,68 @@ def test_resume_after_a_blank_last_line(world, straight, tmp_path):
     proc = ivg(*_decode_flags(world, out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [json.loads(x) for x in out.read_text().splitlines() if x.strip()] == straight
+
+
+def test_a_full_disk_is_one_line_and_the_rerun_completes_the_file(world, straight, tmp_path):
+    """The output lives on a small tmpfs with room for about half of it: the job stops with one line (exit 2), the
+    rows it wrote are whole rows of the uninterrupted output, and once space is freed the same command completes
+    the file with every id once."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}); needs root")
+    try:
+        need = sum(len(json.dumps(r)) + 1 for r in straight)
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * (1024 * 1024 - (need // 2 // 4096 + 1) * 4096))
+        out = mount / "out.jsonl"
+        proc = ivg(*_decode_flags(world, out))
+        lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and len(lines) == 1, lines
+        assert lines[0].startswith("error: No space left on device") and "free disk space" in lines[0], lines[0]
+        whole = [json.loads(x) for x in out.read_text().splitlines(keepends=True) if x.endswith("\n")]
+        assert 0 < len(whole) < len(straight) and whole == straight[:len(whole)]
+        filler.unlink()
+        proc = ivg(*_decode_flags(world, out))
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert _rows(out) == straight
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_prompts_and_vocabularies_are_checked_with_tokenizers_before_any_weights_load(world, tmp_path):
+    """Every model's weights file is garbage: the errors below can only come from the tokenizers and configs."""
+    import shutil
+
+    from oracle import word_tokenizer
+    from synthetic import WORDS, tiny_config
+
+    import ivg_jax
+
+    def broken(name, model_dir):
+        shutil.copytree(model_dir, tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(b"not weights")
+        return tmp_path / name
+
+    base = broken("base", world / "base")
+    other_vocab = ivg_jax.init_model(tiny_config().replace(vocab_size=len(WORDS) + 1), 3,
+                                     tokenizer=word_tokenizer([*WORDS, "extra"]))
+    export_hf(other_vocab, tmp_path / "other_src")
+    other = broken("other", tmp_path / "other_src")
+    context = ivg_jax.load_model(world / "base").config.max_positions
+    write_jsonl(tmp_path / "long.jsonl", [{"id": "a", "prompt": "w1 w2"}, {"id": "b", "prompt": "w1 " * context}])
+    cases = [
+        (["--input", tmp_path / "long.jsonl", "--model", base], "prompt 1 ("),
+        (["--input", world / "prompts.jsonl", "--model", base, "--tuned", other, "--reference", other,
+          "--token", "implicit"], "does not share the base's vocabulary"),
+    ]
+    for i, (flags, expected) in enumerate(cases):
+        out = tmp_path / f"out{i}.jsonl"
+        proc = ivg("decode", "--output", out, "--quiet", *flags)
+        lines = [x for x in proc.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr and "not weights" not in lines[0]
+        assert not out.exists() or out.read_bytes() == b""

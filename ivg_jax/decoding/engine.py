@@ -331,20 +331,9 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     `mesh`: a ("data", "model") mesh (`ivg_jax.sharding.make_mesh`); rows are split over data, every model's
     weights and KV heads over model (docs/sharding.md).
     """
-    guidance = guidance or Guidance()
-    search = search or Search()
     sampling = sampling or Sampling()
-    validate(base, guidance, search, max_new_tokens)
-    guidance = _used_guides(guidance)
-    if isinstance(prompts, (str, bytes)) or not len(prompts):
-        raise InputError("prompts must be a non-empty list of strings or of token-id lists")
-    # Chunk-level guides of another tokenizer are scored on the host between chunks; the program runs the rest.
-    host_kind = host_scored_kind(base, guidance)
-    host_guidance = guidance
-    if host_kind is not None:
-        guidance = dataclasses.replace(
-            guidance, chunk="none", implicit=() if host_kind == "implicit" else guidance.implicit,
-            explicit=None if host_kind == "explicit" else guidance.explicit)
+    search = search or Search()
+    guidance, host_guidance, host_kind = _plan(base, prompts, guidance, search, max_new_tokens)
     n_real = len(prompts)
     n_prompts = prompt_bucket(n_real)
     # Dummy copies of the first prompt fill the bucket, so batches of nearby sizes share one program.
@@ -353,15 +342,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     members = _members(base, guidance)
     pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
     ids, masks, prompt_tokens = [], [], np.zeros(n_real, np.int64)
-    for m, template in members:
-        if template != "{prompt}" and not isinstance(prompts[0], str):
-            raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
-                             f"(got {template!r})")
-        i, k = encode(m.tokenizer, prompts, template, pad_id=pad_id, vocab_size=m.config.vocab_size)
-        limit = m.config.max_positions
-        if i.shape[1] + chunks * length > limit:
-            raise InputError(f"prompt ({i.shape[1]} tokens after bucketing) + {chunks * length} new tokens exceed "
-                             f"the context of {m.source} ({limit} positions); shorten the prompt or the budget")
+    for i, k in _encode_members(members, prompts, chunks * length, pad_id):
         prompt_tokens += k[:n_real].sum(1)
         ids.append(put(i, ("batch", None), mesh))
         masks.append(put(k, ("batch", None), mesh))
@@ -410,6 +391,54 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     result.forward_tokens += scorer.forward_tokens  # includes the dummy rows of the bucket: an upper bound
     result.forward_tokens_per_prompt += scorer.forward_tokens / n_real  # host scoring is shared evenly
     return result
+
+
+def _encode_members(members: list[tuple[Model, str]], prompts, new_tokens: int, pad_id: int):
+    """Yields each model's (ids, mask) [B, T_m] of the prompts under its own template, checking that every id is in
+    its vocabulary and that prompt + `new_tokens` fits its context. Needs tokenizers and configs only."""
+    for m, template in members:
+        if template != "{prompt}" and not isinstance(prompts[0], str):
+            raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
+                             f"(got {template!r})")
+        ids, mask = encode(m.tokenizer, prompts, template, pad_id=pad_id, vocab_size=m.config.vocab_size)
+        limit = m.config.max_positions
+        if ids.shape[1] + new_tokens > limit:
+            longest = int(np.argmax(mask.sum(1)))
+            raise InputError(f"prompt {longest} ({ids.shape[1]} tokens after bucketing) + {new_tokens} new tokens "
+                             f"exceed the context of {m.source} ({limit} positions); shorten the prompt or the "
+                             "budget")
+        yield ids, mask
+
+
+def _plan(base: Model, prompts, guidance: Guidance | None, search: Search, max_new_tokens: int):
+    """Validated settings -> (guidance the compiled program runs, guidance as given minus unused guides, the
+    chunk-level kind scored on the host or None)."""
+    guidance = guidance or Guidance()
+    validate(base, guidance, search, max_new_tokens)
+    guidance = _used_guides(guidance)
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise InputError("prompts must be a non-empty list of strings or of token-id lists")
+    # Chunk-level guides of another tokenizer are scored on the host between chunks; the program runs the rest.
+    host_kind = host_scored_kind(base, guidance)
+    in_graph = guidance
+    if host_kind is not None:
+        in_graph = dataclasses.replace(
+            guidance, chunk="none", implicit=() if host_kind == "implicit" else guidance.implicit,
+            explicit=None if host_kind == "explicit" else guidance.explicit)
+    return in_graph, guidance, host_kind
+
+
+def preflight(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
+              max_new_tokens: int = 50) -> None:
+    """Every check `generate` makes before compiling — settings, templates, vocabularies, prompt ids and lengths
+    against each model's context — on models that need only configs and tokenizers (`ivg_jax.loading.
+    inspect_model`), so a job refuses bad input before it loads any weights."""
+    search = search or Search()
+    guidance, _, _ = _plan(base, prompts, guidance, search, max_new_tokens)
+    chunks, length = n_chunks(search, max_new_tokens)
+    pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
+    for _ in _encode_members(_members(base, guidance), list(prompts), chunks * length, pad_id):
+        pass
 
 
 def _implicit_weights(guides, override, n_real: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ivg_jax import jsonl
 from ivg_jax.errors import InputError, check_template, require_dtype, require_positive
-from ivg_jax.guidance import guidance_for
+from ivg_jax.guidance import Search, guidance_for
 
 MODES = ("none", "implicit", "explicit")
 
@@ -172,18 +172,26 @@ def finished_ids(f, path: Path, config_hash: str) -> set[str]:
     return done
 
 
-def _models(cfg: DecodeJobConfig, progress: bool = False):
+def _models(cfg: DecodeJobConfig, progress: bool = False, weights: bool = True):
+    """(base, Guidance) of the job; `weights=False`: configs and tokenizers only (`inspect_model`), for checks."""
     import ivg_jax
     from ivg_jax.defaults import default_model_path
+    from ivg_jax.loading import inspect_model
 
-    load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731  (a bar per model: a 7B
-    # base is minutes of loading)
+    if weights:  # a progress bar per model: a 7B base is minutes of loading
+        load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731
+    else:
+        load = inspect_model
     base = load(cfg.model or str(default_model_path()))
     guidance = guidance_for(cfg.token, cfg.chunk, tuned=lambda: load(cfg.tuned),
                             reference=lambda: load(cfg.reference), value=lambda: load(cfg.value),
                             implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
                             guide_template=cfg.guide_template, base_template=cfg.base_template)
     return base, guidance
+
+
+def _search(cfg: DecodeJobConfig) -> Search:
+    return Search(cfg.beams, cfg.candidates, cfg.chunk_length)
 
 
 def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
@@ -202,6 +210,12 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
         done = finished_ids(f, path, digest)
         pending = [(pid, p) for pid, p in prompts if pid not in done]
         if pending:
+            # Prompts, templates, vocabularies and context lengths against every model's tokenizer and config,
+            # before any weights load (minutes for a 7B base).
+            from ivg_jax.decoding.engine import preflight
+
+            base, guidance = _models(cfg, weights=False)
+            preflight(base, [p for _, p in pending], guidance, _search(cfg), cfg.max_new_tokens)
             _decode_into(f, cfg, digest, pending, len(prompts), progress)
     return path
 
@@ -212,7 +226,7 @@ def _decode_into(f, cfg: DecodeJobConfig, digest: str, pending: list[tuple[str, 
     import ivg_jax
 
     base, guidance = _models(cfg, progress)
-    search = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
+    search = _search(cfg)
     sampling = cfg.sampling
     from ivg_jax.progress import tqdm
 

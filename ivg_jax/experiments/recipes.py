@@ -137,6 +137,13 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
     ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)  # refused here, not after loading
     output_path = Path(output_path)
     with _output_slot(output_path) as tmp:
+        # Prompts, templates, vocabularies and context lengths against tokenizers and configs before any weights.
+        from ivg_jax.decoding.engine import preflight
+        from ivg_jax.loading import inspect_model
+
+        shells = {k: inspect_model(sources[k]) for k in needed}
+        guidance, search, _ = build(recipe, {k: shells.get(k) for k in ("tuned", "reference", "value")})
+        preflight(shells["base"], prompts, guidance, search, recipe.max_new_tokens)
         models = {k: ivg_jax.load_model(sources[k], dtype=dtype, progress=progress) for k in needed}
         guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
         outputs = _decode(recipe, models["base"], prompts, guidance, search, sampling, batch_size, seed, progress)

@@ -186,47 +186,70 @@ def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=
     `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read.
     """
     dtype = _resolve_dtype(dtype)
-    text = resolve_model_name(str(path_or_id))
-    if _is_hub_id(text):
-        path = _download(text)
-    else:
-        path = Path(text).expanduser()
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or directory; pass a checkpoint directory, a .gguf file, "
-                              f"a model name ({', '.join(MODEL_NAMES)}) or a hub id")
-    if path.is_file():
-        if path.suffix == ".gguf":
-            return _load_gguf(path, dtype, mesh, rules, tokenizer, progress)
-        if path.suffix in PICKLE_SUFFIXES:
-            refuse_pickle(path)
-        if path.suffix == ".safetensors":
-            path = path.parent
-        else:
-            raise CheckpointError(f"{path}: unknown checkpoint file type; pass a HF directory or a .gguf file")
-    config_file = path / "config.json"
-    if not config_file.exists():
-        ggufs = sorted(path.glob("*.gguf"))
-        if len(ggufs) == 1:
-            return _load_gguf(ggufs[0], dtype, mesh, rules, tokenizer, progress)
-        raise CheckpointError(f"{path}: no config.json; a HF checkpoint directory needs one (save_pretrained "
-                              "writes it)")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_file}: invalid JSON ({e})") from e
-    cfg = config_from_hf(hf_config, str(config_file))
+    kind, path = _locate(path_or_id)
+    if kind == "gguf":
+        return _load_gguf(path, dtype, mesh, rules, tokenizer, progress)
+    cfg = _hf_config(path)
     source = SafetensorsSource(path)
     graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
     tok = _load_tokenizer(path) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))
 
 
-def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
-    source = GGUFSource(path)
+def inspect_model(path_or_id: str | os.PathLike) -> Model:
+    """A model's config and tokenizer without its weights (`graphdef` and `params` are None): seconds for a 7B
+    checkpoint, so jobs check prompts, templates and vocabularies against every model before loading any."""
+    kind, path = _locate(path_or_id)
+    if kind == "gguf":
+        source = GGUFSource(path)
+        cfg = _gguf_config(source, path)
+        return Model(cfg, None, None, _load_tokenizer(path.parent, gguf_file=path.name), source=str(path))
+    return Model(_hf_config(path), None, None, _load_tokenizer(path), source=str(path))
+
+
+def _locate(path_or_id) -> tuple[str, Path]:
+    """("gguf", file) or ("hf", directory) for a path, a model name or a hub id (downloaded)."""
+    text = resolve_model_name(str(path_or_id))
+    path = _download(text) if _is_hub_id(text) else Path(text).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory; pass a checkpoint directory, a .gguf file, "
+                              f"a model name ({', '.join(MODEL_NAMES)}) or a hub id")
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return "gguf", path
+        if path.suffix in PICKLE_SUFFIXES:
+            refuse_pickle(path)
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: unknown checkpoint file type; pass a HF directory or a .gguf file")
+        path = path.parent
+    if not (path / "config.json").exists():
+        ggufs = sorted(path.glob("*.gguf"))
+        if len(ggufs) == 1:
+            return "gguf", ggufs[0]
+        raise CheckpointError(f"{path}: no config.json; a HF checkpoint directory needs one (save_pretrained "
+                              "writes it)")
+    return "hf", path
+
+
+def _hf_config(path: Path) -> ModelConfig:
+    config_file = path / "config.json"
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_file}: invalid JSON ({e})") from e
+    return config_from_hf(hf_config, str(config_file))
+
+
+def _gguf_config(source: GGUFSource, path: Path) -> ModelConfig:
     if "model.embed_tokens.weight" not in source:
         raise CheckpointError(f"{path}: GGUF file has no token_embd.weight tensor; it is not a complete model")
-    cfg = config_from_gguf(source.metadata, str(path), tied=source.tied,
-                           vocab_size=source.shape("model.embed_tokens.weight")[0])
+    return config_from_gguf(source.metadata, str(path), tied=source.tied,
+                            vocab_size=source.shape("model.embed_tokens.weight")[0])
+
+
+def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
+    source = GGUFSource(path)
+    cfg = _gguf_config(source, path)
     graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
     tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))
