@@ -6,6 +6,14 @@ import os as _os
 # transformers prints on import where torch is absent (every fresh install) is noise here.
 _os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+import warnings as _warnings
+
+from tqdm import TqdmWarning as _TqdmWarning
+
+# transformers and huggingface_hub import tqdm.auto, which in a Jupyter kernel without ipywidgets warns
+# "IProgress not found" once and then draws text bars anyway (ivg_jax.progress picks the text bar itself).
+_warnings.filterwarnings("ignore", message="IProgress not found", category=_TqdmWarning)
+
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding.engine import Generation, generate
 from ivg_jax.decoding.sampling import Sampling

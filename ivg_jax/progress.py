@@ -8,12 +8,13 @@ import importlib.util
 
 
 def _bar_class():
-    from tqdm.auto import tqdm as auto
-
+    # Importing tqdm.auto is what warns in a kernel without ipywidgets, so look before importing it.
     if importlib.util.find_spec("ipywidgets") is None:
         from tqdm.std import tqdm as text
 
         return text
+    from tqdm.auto import tqdm as auto
+
     return auto
 
 
