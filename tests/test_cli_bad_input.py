@@ -108,6 +108,8 @@ CASES = {
                             "--batch-size", "0"], "batch_size"),
     "train learning rate nan": (["train", "dpo", "--train-data", "{d}/pairs.jsonl", "--output-dir", "{d}/run9",
                                  "--learning-rate", "nan"], "learning_rate"),
+    "decode offline hub id": (["decode", "--input", "{d}/prompts.jsonl", "--output", "{d}/o8.jsonl", "--model",
+                               "someorg/no-such-model"], "the hub cannot provide it"),
     "demo unknown pair scheme": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo3", "--dpo-pairs", "best"],
                                  "dpo_pairs must be one of"),
     "demo one sample per prompt": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo4",
@@ -122,7 +124,7 @@ ENV_FLAGS = {"decode": ENV_ARGS, "train": ENV_ARGS, "eval": ENV_ARGS,
 def test_bad_input_is_one_line_before_loading(case, files):
     args, expected = CASES[case]
     args = [a.format(d=files) if a.startswith("{d}") else a for a in args]
-    args += ENV_FLAGS.get(args[0], [])
+    args += [] if "--model" in args else ENV_FLAGS.get(args[0], [])
     before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
     r = _ivg(*args, cwd=files)
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]

@@ -162,8 +162,14 @@ def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
 
     # Only safetensors weights, configs and tokenizer files: never pickles or Python files.
-    return Path(snapshot_download(repo_id, allow_patterns=[
-        "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]))
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=[
+            "*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]))
+    except Exception as e:  # network, HTTP and cache errors of the hub client: all mean "cannot get it here"
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{repo_id}: no such local path, and the hub cannot provide it ({reason}); pass a "
+                              f"local checkpoint directory, a .gguf file or a model name ({', '.join(MODEL_NAMES)})"
+                              ) from e
 
 
 def _check_finite(tensor: np.ndarray, key: str, where: str) -> None:
