@@ -15,6 +15,7 @@ so SentencePiece's "▁world" reads " world", not the stripped "world" that deco
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Sequence
 
 import jax
@@ -50,29 +51,37 @@ def build_stops(tokenizer, stop_strings: Sequence[str], stop_ids: Sequence[int],
         return Stops(ids, np.zeros((0, 1, vocab_size), np.int32), np.zeros((0,), np.int32))
     if tokenizer is None:
         raise InputError("stop strings need a tokenizer; pass stop token ids instead")
-    texts = token_texts(tokenizer, vocab_size)
     width = max(len(s) for s in strings) + 1
     table = np.zeros((len(strings), width, vocab_size), np.int32)
     for k, s in enumerate(strings):
-        table[k, :len(s) + 1] = transition_table(s, texts)
+        table[k, :len(s) + 1] = _cached(tokenizer, ("table", s, vocab_size),
+                                        lambda s=s: transition_table(s, token_texts(tokenizer, vocab_size)))
         table[k, len(s) + 1:] = len(s)  # unused states of shorter strings: never reached
     return Stops(ids, table, np.asarray([len(s) for s in strings], np.int32))
 
 
-_TEXT_CACHE: dict = {}
+# Per tokenizer (dropped with it): its token texts and stop tables, built once, not once per generate call.
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _cached(tokenizer, key, build):
+    entries = _CACHE.setdefault(tokenizer, {})
+    if key not in entries:
+        entries[key] = build()
+    return entries[key]
 
 
 def token_texts(tokenizer, vocab_size: int) -> list[str]:
     """The text each id adds after an anchor token ("" for ids the tokenizer does not have), cached."""
-    key = (id(tokenizer), vocab_size)
-    if key not in _TEXT_CACHE:
+    def build():
         anchor = tokenizer("a", add_special_tokens=False)["input_ids"][-1:]
         head = tokenizer.decode(anchor)
         n = min(len(tokenizer), vocab_size)
         decoded = tokenizer.batch_decode([anchor + [i] for i in range(n)])
         texts = [t[len(head):] if t.startswith(head) else tokenizer.decode([i]) for i, t in enumerate(decoded)]
-        _TEXT_CACHE[key] = texts + [""] * (vocab_size - n)
-    return _TEXT_CACHE[key]
+        return texts + [""] * (vocab_size - n)
+
+    return _cached(tokenizer, ("texts", vocab_size), build)
 
 
 def kmp_delta(s: str) -> dict[str, np.ndarray]:
