@@ -303,11 +303,6 @@ def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
     return members
 
 
-def stop_token_ids(stop_ids: Sequence[int]) -> np.ndarray:
-    """Ids that end a row (EOS or the caller's), as a non-empty array ([-1] when none)."""
-    return np.asarray(sorted({int(i) for i in stop_ids}) or [-1], np.int32)
-
-
 def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
     """[P, 2] uint32 (seed, index): one int seeds prompt p with (seed, p); per-prompt seeds use (seed_p, 0), so a
     prompt's randomness never depends on its place in the batch."""

@@ -13,9 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ivg_jax.decoding.engine import stop_token_ids
 from ivg_jax.decoding.prompts import encode
 from ivg_jax.decoding.sampling import Sampling, row_keys, sample, step_keys
+from ivg_jax.decoding.stops import stop_token_ids
 from ivg_jax.errors import InputError
 from ivg_jax.model.api import Model
 from ivg_jax.model.transformer import extend, prefill

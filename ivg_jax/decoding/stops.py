@@ -41,8 +41,13 @@ class Stops:
         return self.final.shape[0]
 
 
+def stop_token_ids(stop_ids: Sequence[int]) -> np.ndarray:
+    """Ids that end a row (EOS or the caller's), as a non-empty array ([-1] when none)."""
+    return np.asarray(sorted({int(i) for i in stop_ids}) or [-1], np.int32)
+
+
 def build_stops(tokenizer, stop_strings: Sequence[str], stop_ids: Sequence[int], vocab_size: int) -> Stops:
-    ids = np.asarray(sorted({int(i) for i in stop_ids}) or [-1], np.int32)
+    ids = stop_token_ids(stop_ids)
     strings = tuple(stop_strings)
     for s in strings:
         if not isinstance(s, str) or not s:
