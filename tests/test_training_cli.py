@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from synthetic import preference_records, tiny_model, write_jsonl
 
 from ivg_jax.loading import export_hf
@@ -42,3 +43,34 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {path}:2: missing field 'rejected' (a preference record " \
                                                    "needs prompt, chosen, rejected)"
+
+
+def test_a_full_disk_stops_training_in_one_line_and_the_rerun_resumes(tmp_path):
+    """The run directory sits on a small tmpfs with too little room for a checkpoint: one line (exit 2) before
+    Orbax starts writing (a disk filling during its background save printed ~500 lines and exit 1); with space
+    freed, the same command finishes and metrics.jsonl holds each step once."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}); needs root")
+    try:
+        export_hf(tiny_model(), tmp_path / "tiny")
+        data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 512 * 1024))
+        args = ("dpo.py", "--model", str(tmp_path / "tiny"), "--train-data", data, "--output-dir", str(mount / "run"),
+                "--steps", "3", "--batch-size", "4", "--max-length", "16", "--save-every", "1", "--quiet")
+        proc = _run(*args)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "MiB are free" in lines[0], lines
+        filler.unlink()
+        proc = _run(*args)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        steps = [json.loads(x)["step"] for x in open(mount / "run" / "metrics.jsonl")
+                 if json.loads(x).get("split") == "train"]
+        assert steps == [1, 2, 3]
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)

@@ -8,6 +8,7 @@ config.json tells ivg-jax), a scalar-head model as `*ForSequenceClassification` 
 from __future__ import annotations
 
 import json
+import shutil
 from collections import defaultdict
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def export_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 3
     """Writes `directory` with config.json, model.safetensors (or shards + index) and the tokenizer."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
+    _require_room(out, model)
     config = config_to_hf(model.config)
     config["dtype"] = str(np.dtype(model.dtype))
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -103,3 +105,14 @@ def _remove_stale_weights(out: Path, names: list[str]) -> None:
                          out / "model.safetensors.index.json") if p.exists() and p.name not in keep]
     for path in stale:
         path.unlink()
+
+
+def _require_room(out: Path, model: Model) -> None:
+    """A full disk is refused before the first shard is written (safetensors' own error is a traceback)."""
+    from ivg_jax.errors import CheckpointError
+
+    need = sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(model.params)) + (1 << 20)
+    free = shutil.disk_usage(out).free
+    if free < need:
+        raise CheckpointError(f"{out}: exporting {model.source} needs about {need / 2**20:.1f} MiB but only "
+                              f"{free / 2**20:.1f} MiB are free; free disk space or export elsewhere")

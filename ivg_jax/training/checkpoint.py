@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import jax
@@ -30,6 +31,23 @@ class _QuietUnvalidatedSaves(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_QuietUnvalidatedSaves())
+
+
+def _nbytes(tree) -> int:
+    return sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(tree))
+
+
+def require_free_space(directory: Path, nbytes: int, what: str) -> None:
+    """Refuses a write that cannot fit, before it starts: a disk that fills during an Orbax save fails in its
+    background threads, with hundreds of lines of tracebacks and the process half shut down. Half again the
+    payload plus 1 MiB of room covers the checkpoint format's own files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    need = int(nbytes * 1.5) + (1 << 20)
+    free = shutil.disk_usage(directory).free
+    if free < need:
+        raise CheckpointError(f"{directory}: writing {what} needs about {need / 2**20:.1f} MiB but only "
+                              f"{free / 2**20:.1f} MiB are free; free disk space (or use another output "
+                              "directory) and rerun: training resumes from its last checkpoint")
 
 
 class Checkpoints:
@@ -59,6 +77,7 @@ class Checkpoints:
 
     def save(self, step: int, state, meta: dict, metrics: dict | None = None, wait: bool = False) -> None:
         """Starts writing `state` (returns while the write continues in the background unless `wait`)."""
+        require_free_space(Path(self.manager.directory), _nbytes(state), f"checkpoint step {step}")
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         self.manager.save(step, args=args, metrics=metrics, force=True)
         if wait:
