@@ -45,6 +45,37 @@ def test_bad_data_exits_2_with_one_line(tmp_path):
                                                    "needs prompt, chosen, rejected)"
 
 
+def test_examples_and_reference_are_checked_with_tokenizers_before_any_weights_load(tmp_path):
+    """Both models' weight files are garbage: an over-long example and a reference of another vocabulary can
+    only be found from their tokenizers and configs, and must be, before loading."""
+    import shutil
+
+    from oracle import word_tokenizer
+    from synthetic import WORDS, tiny_config
+
+    import ivg_jax
+
+    def broken(model, name):
+        export_hf(model, tmp_path / name)
+        (tmp_path / name / "model.safetensors").write_bytes(b"not weights")
+        return str(tmp_path / name)
+
+    policy = broken(tiny_model(), "policy")
+    other = broken(ivg_jax.init_model(tiny_config().replace(vocab_size=len(WORDS) + 1), 1,
+                                      tokenizer=word_tokenizer([*WORDS, "extra"])), "other")
+    long = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "w1 " * 40, "chosen": "good", "rejected": "w2"}])
+    short = write_jsonl(tmp_path / "short.jsonl", preference_records(4))
+    cases = [(["--train-data", long], "long.jsonl:1: the prompt is"),
+             (["--train-data", short, "--reference", other], "have different tokenizers")]
+    for i, (flags, expected) in enumerate(cases):
+        proc = _run("dpo.py", "--model", policy, "--output-dir", str(tmp_path / f"run{i}"), "--max-length", "16",
+                    "--quiet", *flags)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and expected in lines[0], proc.stderr[-2000:]
+        assert not (tmp_path / f"run{i}" / "config.json").exists()
+    shutil.rmtree(tmp_path / "policy")
+
+
 def test_a_full_disk_stops_training_in_one_line_and_the_rerun_resumes(tmp_path):
     """The run directory sits on a small tmpfs with too little room for a checkpoint: one line (exit 2) before
     Orbax starts writing (a disk filling during its background save printed ~500 lines and exit 1); with space

@@ -143,6 +143,12 @@ def _load(source, dtype, mesh, rules, progress: bool = False):
     return load_model(source, dtype=dtype, mesh=mesh, rules=rules, progress=progress)
 
 
+def _require_same_vocabulary(policy: Model, reference: Model) -> None:
+    if not same_vocabulary(policy, reference):
+        raise InputError(f"policy {policy.source} and reference {reference.source} have different tokenizers; "
+                         "DPO compares their log-probs of the same token ids, so they must share one")
+
+
 def prepare_model(cfg: TrainConfig, model: Model | None, mesh, rules, progress: bool = False) -> Model:
     dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     if model is None and not cfg.model:
@@ -174,6 +180,20 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     run_dir = cfg.run_dir
     _check_config(cfg, run_dir)
 
+    # Every example is tokenised, and the reference's vocabulary compared, with tokenizers and configs alone
+    # (`inspect_model`), so a bad record or a mismatched reference is refused before any weights load.
+    from ivg_jax.loading import inspect_model
+
+    if model is None and not cfg.model:
+        raise InputError("no model given: set TrainConfig.model to a path or hub id, or pass model=")
+    shell = model if model is not None else inspect_model(cfg.model)
+    if objective.kind == "dpo" and reference is None and cfg.reference:
+        _require_same_vocabulary(shell, inspect_model(cfg.reference))
+    tok = data_lib.Tokenization(cfg.template, cfg.max_length, data_lib.eos_of(shell))
+    pad_id = shell.config.pad_token_id or 0
+    train_examples = data_lib.tokenize(train_records, kind, shell.tokenizer, tok, cfg.train_data)
+    val_examples = data_lib.tokenize(val_records, kind, shell.tokenizer, tok, cfg.val_data) if val_records else []
+
     rules = FSDP_RULES if cfg.fsdp else DEFAULT_RULES
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_model) if cfg.mesh_data * cfg.mesh_model > 1 else None
     model = prepare_model(cfg, model, mesh, rules, progress)
@@ -181,13 +201,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     if objective.kind == "dpo":
         ref_model = _load(reference if reference is not None else (cfg.reference or model), model.dtype, mesh, rules,
                           progress)
-        if not same_vocabulary(model, ref_model):
-            raise InputError(f"policy {model.source} and reference {ref_model.source} have different tokenizers; "
-                             "DPO compares their log-probs of the same token ids, so they must share one")
-    tok = data_lib.Tokenization(cfg.template, cfg.max_length, data_lib.eos_of(model))
-    pad_id = model.config.pad_token_id or 0
-    train_examples = data_lib.tokenize(train_records, kind, model.tokenizer, tok, cfg.train_data)
-    val_examples = data_lib.tokenize(val_records, kind, model.tokenizer, tok, cfg.val_data) if val_records else []
+        _require_same_vocabulary(model, ref_model)
     batches = data_lib.Batches(train_examples, cfg.batch_size, cfg.seed, pad_id=pad_id)
     total = cfg.steps or max(1, int(math.ceil(cfg.epochs * batches.batches_per_epoch)))
 
