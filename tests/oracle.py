@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 import transformers
@@ -86,3 +88,21 @@ def word_tokenizer(words: list[str], eos_only: bool = False):
     if eos_only:
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=words[1])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=words[0], eos_token=words[1], unk_token=words[2])
+
+
+@contextlib.contextmanager
+def small_tmpfs(path, size: str):
+    """A tmpfs of `size` mounted at `path` for disk-full tests (skips the test where mounting is not allowed)."""
+    import subprocess
+
+    import pytest
+
+    path.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}); needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)

@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from oracle import small_tmpfs
 from synthetic import preference_records, scored_records, tiny_model, write_jsonl
 
 from ivg_jax.loading import export_hf
@@ -213,13 +214,7 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes_the_file(world, straigh
     """The output lives on a small tmpfs with room for about half of it: the job stops with one line (exit 2), the
     rows it wrote are whole rows of the uninterrupted output, and once space is freed the same command completes
     the file with every id once."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}); needs root")
-    try:
+    with small_tmpfs(tmp_path / "small", "1m") as mount:
         need = sum(len(json.dumps(r)) + 1 for r in straight)
         filler = mount / "filler"
         filler.write_bytes(b"\0" * (1024 * 1024 - (need // 2 // 4096 + 1) * 4096))
@@ -235,8 +230,6 @@ def test_a_full_disk_is_one_line_and_the_rerun_completes_the_file(world, straigh
         proc = ivg(*_decode_flags(world, out))
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert _rows(out) == straight
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
 
 
 def test_prompts_and_vocabularies_are_checked_with_tokenizers_before_any_weights_load(world, tmp_path):

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-import pytest
+from oracle import small_tmpfs
 from synthetic import preference_records, tiny_model, write_jsonl
 
 from ivg_jax.loading import export_hf
@@ -80,13 +80,7 @@ def test_a_full_disk_stops_training_in_one_line_and_the_rerun_resumes(tmp_path):
     """The run directory sits on a small tmpfs with too little room for a checkpoint: one line (exit 2) before
     Orbax starts writing (a disk filling during its background save printed ~500 lines and exit 1); with space
     freed, the same command finishes and metrics.jsonl holds each step once."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], capture_output=True,
-                          text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here ({made.stderr.strip() or made.returncode}); needs root")
-    try:
+    with small_tmpfs(tmp_path / "small", "4m") as mount:
         export_hf(tiny_model(), tmp_path / "tiny")
         data = write_jsonl(tmp_path / "pairs.jsonl", preference_records(16))
         filler = mount / "filler"
@@ -103,5 +97,3 @@ def test_a_full_disk_stops_training_in_one_line_and_the_rerun_resumes(tmp_path):
         steps = [json.loads(x)["step"] for x in open(mount / "run" / "metrics.jsonl")
                  if json.loads(x).get("split") == "train"]
         assert steps == [1, 2, 3]
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
