@@ -112,6 +112,8 @@ CASES = {
                                "someorg/no-such-model"], "the hub cannot provide it"),
     "demo unknown pair scheme": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo3", "--dpo-pairs", "best"],
                                  "dpo_pairs must be one of"),
+    "demo budget beyond the context": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo5", "--max-new-tokens",
+                                        "9000"], "exceed the context"),
     "demo one sample per prompt": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo4",
                                     "--samples-per-prompt", "1"], "samples_per_prompt must be >= 2"),
 }
@@ -126,6 +128,7 @@ def test_bad_input_is_one_line_before_loading(case, files):
     args = [a.format(d=files) if a.startswith("{d}") else a for a in args]
     args += [] if "--model" in args else ENV_FLAGS.get(args[0], [])
     before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
+    entries = sorted(files.iterdir())
     r = _ivg(*args, cwd=files)
     lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
     assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
@@ -134,3 +137,4 @@ def test_bad_input_is_one_line_before_loading(case, files):
     assert expected in lines[0], lines[0]
     assert "nonexistent" not in lines[0], "checked only after reaching the loader"
     assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before, "a file was changed or left"
+    assert sorted(files.iterdir()) == entries, "a refused job created a file or run directory"

@@ -570,14 +570,45 @@ def _covers(summary: dict, cfg: SentimentConfig) -> bool:
     return "methods" not in summary or set(cfg.method_list) <= set(summary["methods"])
 
 
+class _Shells:
+    """`Models` with every role played by the base's config and tokenizer (no weights): the guides start from
+    the base, so what the base's tokenizer and context accept, they accept."""
+
+    def __init__(self, shell):
+        self.base = self.tuned = self.value = lambda: shell
+
+
+def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
+    """Every check of the run's sampling and decoding (prompt files, templates, each prompt's tokens plus the
+    budget against the context, W/K/L) on the base's tokenizer and config alone, before the run directory is
+    created or any weights load: a bad setting is one line, and the corrected rerun is not refused as a run with
+    other settings."""
+    from ivg_jax.decoding.engine import preflight as check
+    from ivg_jax.loading import inspect_model
+
+    prompts = {split: load_prompts(cfg, split) for split in ("train", "val", "test")}
+    if not {"sample", "decode"} & set(stages):
+        return
+    shell = inspect_model(Models(cfg).base_source)
+    if "sample" in stages:
+        import ivg_jax
+
+        for split in ("train", "val"):
+            check(shell, prompts[split], ivg_jax.Guidance(base_template=cfg.guide_template),
+                  max_new_tokens=cfg.max_new_tokens)
+    if "decode" in stages:
+        for method in cfg.method_list:
+            guidance, search = method_setup(cfg, _Shells(shell), method)
+            check(shell, prompts["test"], guidance, search, cfg.max_new_tokens)
+
+
 def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = True,
         log: Callable[[str], None] = print) -> dict:
     """Runs the requested stages in order, skipping finished ones. -> {stage: summary}."""
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise InputError(f"unknown stages {unknown}; the pipeline's stages are {', '.join(STAGES)}")
-    for split in ("train", "val", "test"):
-        load_prompts(cfg, split)  # cheap checks before any model loads
+    preflight(cfg, stages)
     cfg.path.mkdir(parents=True, exist_ok=True)
     _check_config(cfg)
     models = Models(cfg)
