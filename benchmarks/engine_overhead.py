@@ -126,10 +126,8 @@ def cells(models, width_search):
     return out
 
 
-def models_of(guidance):
-    g = engine._used_guides(guidance)
-    n = 1 + 2 * len(g.implicit) + (g.explicit is not None)
-    return n
+def models_of(base, prompts, guidance, search):
+    return len(engine.plan(base, prompts, guidance, search).models)
 
 
 def predicted_bytes(models_used, rows, capacity, cfg, vocab, itemsize=4):
@@ -184,7 +182,7 @@ def main():
         if args.cells and not any(name.startswith(c) for c in args.cells):
             continue
         p_rows = engine.prompt_bucket(len(prompts)) * s.rows_per_prompt
-        n_models = models_of(guidance)
+        n_models = models_of(base, prompts, guidance, s)
         t0 = time.perf_counter()
         out = ivg_jax.generate(base, prompts, guidance, s, **common)
         first = time.perf_counter() - t0
@@ -200,7 +198,7 @@ def main():
 
     # memory of the largest configuration (IVG), predicted vs XLA's buffer assignment
     ivg = next(g for n, g, s in cells(models, search) if n == "token=implicit, chunk=explicit")
-    used = [m for m, _ in engine._members(base, engine._used_guides(ivg))]
+    used = list(engine.plan(base, prompts, ivg, search).models)
     rows = engine.prompt_bucket(len(prompts)) * search.rows_per_prompt
     capacity = 16 + math.ceil(args.new_tokens / args.chunk) * args.chunk
     w_bytes, state_bytes = predicted_bytes(used, rows, capacity, base.config, base.config.vocab_size)

@@ -7,6 +7,7 @@ earlier dimension of the same array already uses it, so every model loads on any
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -89,16 +90,25 @@ def bytes_of(tree: Any) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
-def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
-    """The model with every weight placed on its mesh sharding (a no-op placement if already there)."""
+@functools.lru_cache(maxsize=64)
+def param_shardings(config, dtype, mesh: Mesh, rules=DEFAULT_RULES) -> dict[tuple[str, ...], NamedSharding]:
+    """Flat parameter path -> its NamedSharding on `mesh`, derived once per (config, dtype, mesh): the abstract
+    model is traced only the first time, so repeated `generate` calls on a mesh cost nothing here."""
     from ivg_jax.model.api import abstract_model
 
-    _, abstract = abstract_model(model.config, model.dtype)
-    axes = param_logical_axes(abstract)
+    _, abstract = abstract_model(config, dtype)
+    shapes = {tuple(path): var.shape for path, var in abstract.flat_state()}
+    return {key: named_sharding(axes, shapes[key], mesh, rules)
+            for key, axes in param_logical_axes(abstract).items()}
+
+
+def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
+    """The model with every weight placed on its mesh sharding (a no-op placement if already there)."""
+    shardings = param_shardings(model.config, model.dtype, mesh, rules)
 
     def place(path, leaf):
         key = tuple(str(getattr(p, "key", p)) for p in path)
-        return jax.device_put(leaf, named_sharding(axes[key], leaf.shape, mesh, rules))
+        return jax.device_put(leaf, shardings[key])
 
     return model.with_params(jax.tree_util.tree_map_with_path(place, model.params))
 

@@ -11,6 +11,18 @@ the base's plus the token-level value (Σ wᵢ(log π_tunedᵢ − log π_refᵢ
 updated from the same numbers (implicit: the sampled token's weighted log-ratio; explicit: S at the sampled
 token); then every model is fed the token. Rows that finished are frozen: they emit padding, their scores
 stop changing, and their tiled copies are marked duplicates that selection never picks.
+
+Shapes (the glossary of the decoding package; model code adds B rows, T positions, S cache slots, D width,
+Nq / Nkv query / KV heads, H head dim):
+    P   prompts in the batch, bucketed (`prompt_bucket`)     W  beams kept per prompt
+    K   candidates per beam                                    R  rows = P·W·K, row r = p·W·K + w·K + k
+    L   tokens per chunk                                       C  chunks; N = C·L the new-token buffer
+    T_m prompt length of member m (its own template)          V  vocabulary
+    G   implicit guides (tuned/reference pairs)                S  stop strings (`Stops`)
+
+`generate` runs in phases: `plan` (every check, the hashable `Program` that keys compilation), `encode_inputs` (each
+member's prompt ids, per-prompt weights and seeds), `run` (one compiled search) or `_host_scored_search`
+(chunk-level guides of another tokenizer), `_result` (host arrays and texts).
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivg_jax.decoding.members import Members
 from ivg_jax.decoding.prompts import encode
 from ivg_jax.decoding.retokenize import HostChunkScorer
 from ivg_jax.decoding.sampling import Sampling, sample, step_keys
@@ -40,15 +53,13 @@ from ivg_jax.sharding import constrain, put, shard_params, to_host
 class Program:
     """Static structure of one compiled decode program (hashable: the jit cache key)."""
 
-    graphdefs: tuple  # base, (tuned_i, reference_i)*, value?
-    n_implicit: int
-    has_value: bool
+    graphdefs: Members  # one graphdef per member, by role
     token: str
     chunk: str
-    beams: int
-    candidates: int
-    chunk_length: int
-    n_chunks: int
+    beams: int  # W
+    candidates: int  # K
+    chunk_length: int  # L
+    n_chunks: int  # C
     max_new_tokens: int
     sampling: Sampling
     pad_id: int
@@ -56,27 +67,41 @@ class Program:
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
 
     @property
+    def n_implicit(self) -> int:  # G
+        return self.graphdefs.n_implicit
+
+    @property
+    def has_value(self) -> bool:
+        return self.graphdefs.has_value
+
+    @property
     def width(self) -> int:  # W·K rows per prompt
         return self.beams * self.candidates
 
     @property
-    def n_steps(self) -> int:
+    def n_steps(self) -> int:  # N = C·L
         return self.n_chunks * self.chunk_length
 
-    def implicit_members(self) -> list[tuple[int, int]]:
-        return [(1 + 2 * i, 2 + 2 * i) for i in range(self.n_implicit)]
 
-    @property
-    def value_member(self) -> int:
-        return 1 + 2 * self.n_implicit
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """The data of one call (`encode_inputs`): new values of any of these reuse the compiled program."""
+
+    ids: Members  # [P, T_m] int32 prompt ids of each member under its own template
+    masks: Members  # [P, T_m] bool
+    w_implicit: jax.Array  # [P, G] implicit guide weights
+    w_explicit: jax.Array  # [P] value model weight (token level)
+    seeds: jax.Array  # [P, 2] uint32 (seed, index): prompt p's key is fold_in(key(seed), index)
+    stops: Stops
 
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class DecodeState:
     tokens: jax.Array  # [R, N] int32 generated ids, pad after a row's end
-    caches: tuple  # one KVCache per model, rows R
-    outputs: tuple  # one [R, V] float32 per model: next-token logits (token values S for the value model)
+    caches: Members  # one KVCache per member, rows R
+    outputs: Members  # one [R, V] per member: next-token logits (token values for the value model)
     implicit_score: jax.Array  # [R] Σ_t Σ_i w_i (log π_tuned_i − log π_ref_i)(y_t)
     value: jax.Array  # [R] explicit value of the response so far, S at its last token
     done: jax.Array  # [R] bool: sampled a stop id or completed a stop string
@@ -111,31 +136,35 @@ HYPOTHESIS_FIELDS = ("tokens", "implicit_score", "value", "done", "stop_state", 
 
 def _map_rows(state: DecodeState, fn, cache_fn, fields: tuple[str, ...]) -> DecodeState:
     """Applies `fn` to the named row-axis fields and every model's output, `cache_fn` to every model's cache."""
-    return dataclasses.replace(state, caches=tuple(cache_fn(c) for c in state.caches),
-                               outputs=tuple(fn(o) for o in state.outputs),
+    return dataclasses.replace(state, caches=state.caches.map(cache_fn), outputs=state.outputs.map(fn),
                                **{f: fn(getattr(state, f)) for f in fields})
 
 
 def _log_softmax(x):
+    """[..., V] -> float32 log-probabilities."""
     return jax.nn.log_softmax(x.astype(jnp.float32), axis=-1)
 
 
-def _guided_logprobs(program: Program, outputs, w_implicit, w_explicit):
-    """[R, V] base log-probs + token-level value, and the [R, V] per-token weighted implicit log-ratio."""
-    base = _log_softmax(outputs[0])
+def _guided_logprobs(program: Program, outputs: Members, w_implicit, w_explicit):
+    """outputs: [R, V] per member; w_implicit [R, G]; w_explicit [R] -> base log-probs [R, V], guided log-probs
+    [R, V] (base + the token-level value) and the weighted implicit log-ratio Σ_i w_i (log π_tuned_i −
+    log π_ref_i) [R, V] (None without implicit guides)."""
+    base = _log_softmax(outputs.base)
     ratio = None
     if program.n_implicit:
-        ratio = sum(w_implicit[:, i, None] * (_log_softmax(outputs[t]) - _log_softmax(outputs[r]))
-                    for i, (t, r) in enumerate(program.implicit_members()))
+        ratio = sum(w_implicit[:, i, None] * (_log_softmax(t) - _log_softmax(r))
+                    for i, (t, r) in enumerate(zip(outputs.tuned, outputs.reference)))
     guided = base
     if program.token == "implicit":
         guided = base + ratio
     elif program.token == "explicit":
-        guided = base + w_explicit[:, None] * outputs[program.value_member]
+        guided = base + w_explicit[:, None] * outputs.value
     return base, guided, ratio
 
 
-def _token_step(program: Program, params, w_implicit, w_explicit, stops: Stops, state: DecodeState) -> DecodeState:
+def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops: Stops,
+                state: DecodeState) -> DecodeState:
+    """One new token for every row R. w_implicit [R, G], w_explicit [R]."""
     base, guided, ratio = _guided_logprobs(program, state.outputs, w_implicit, w_explicit)
     token = sample(step_keys(state.keys, state.step), guided, program.sampling)
     active = ~state.done & (state.step < program.max_new_tokens)
@@ -149,25 +178,22 @@ def _token_step(program: Program, params, w_implicit, w_explicit, stops: Stops, 
         implicit_score = implicit_score + jnp.where(active, at_token(ratio), 0.0)
     value = state.value
     if program.has_value:
-        value = jnp.where(active, at_token(state.outputs[program.value_member]), value)
+        value = jnp.where(active, at_token(state.outputs.value), value)
     temperature = program.sampling.temperature or 1.0
     guided_t = _log_softmax(guided / temperature)
     base_t = _log_softmax(base / temperature)
     log_ratio = jnp.where(active, at_token(guided_t) - at_token(base_t), 0.0)
     kl = jnp.where(active, jnp.sum(jnp.exp(guided_t) * (guided_t - base_t), axis=-1), 0.0)
 
-    outputs, caches = [], []
-    for graphdef, p, cache in zip(program.graphdefs, params, state.caches):
-        out, cache = extend(graphdef, p, token[:, None], active[:, None], cache)
-        outputs.append(out[:, 0])
-        caches.append(cache)
+    stepped = program.graphdefs.map(lambda g, p, c: extend(g, p, token[:, None], active[:, None], c), params,
+                                    state.caches)  # (out [R, 1, V], cache) per member
     stop_state, stopped = advance(stops, state.stop_state, token, active)
     col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
     return dataclasses.replace(
         state,
         tokens=state.tokens.at[:, col].set(jnp.where(active, token, state.tokens[:, col])),
-        caches=tuple(caches),
-        outputs=tuple(jnp.where(active[:, None], o, old) for o, old in zip(outputs, state.outputs)),
+        caches=stepped.map(lambda x: x[1]),
+        outputs=stepped.map(lambda x, old: jnp.where(active[:, None], x[0][:, 0], old), state.outputs),
         implicit_score=implicit_score,
         value=value,
         done=state.done | stopped,
@@ -212,24 +238,26 @@ def _select(program: Program, state: DecodeState, scores: jax.Array | None = Non
         state, duplicate=state.duplicate | (state.done & (child > 0)), chunk=state.chunk + 1)), rows
 
 
-def _init_state(program: Program, params, prompt_ids, prompt_masks, prompt_seeds) -> DecodeState:
-    """Prefill every model once per prompt (own template) and broadcast to the prompt's W·K rows."""
+def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeState:
+    """Prefill every member once per prompt (own template) and broadcast to the prompt's W·K rows."""
     width = program.width
-    n_prompts = prompt_seeds.shape[0]
-    prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(prompt_seeds)
-    rows = jnp.repeat(jnp.arange(n_prompts), width)
-    caches, outputs = [], []
-    for graphdef, p, ids, mask in zip(program.graphdefs, params, prompt_ids, prompt_masks):
+    n_prompts = inputs.seeds.shape[0]
+    prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(inputs.seeds)
+    rows = jnp.repeat(jnp.arange(n_prompts), width)  # [R] each row's prompt
+
+    def prefill_rows(graphdef, p, ids, mask):
         out, cache = prefill(graphdef, p, ids, mask, capacity=ids.shape[1] + program.n_steps, last_only=True)
-        caches.append(cache.take(rows))  # prefill once per prompt, broadcast to its W·K rows
-        outputs.append(jnp.take(out, rows, axis=0))
+        return jnp.take(out, rows, axis=0), cache.take(rows)  # prefill once per prompt, broadcast to its rows
+
+    prefilled = program.graphdefs.map(prefill_rows, params, inputs.ids, inputs.masks)
+    caches, outputs = prefilled.map(lambda x: x[1]), prefilled.map(lambda x: x[0])
     slot = jnp.tile(jnp.arange(width), n_prompts)
     keys = jax.vmap(jax.random.fold_in)(jnp.take(prompt_keys, rows), slot)
     n_rows = n_prompts * width
     zeros = jnp.zeros(n_rows, jnp.float32)
     state = DecodeState(
-        tokens=jnp.full((n_rows, program.n_steps), program.pad_id, jnp.int32), caches=tuple(caches),
-        outputs=tuple(outputs), implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
+        tokens=jnp.full((n_rows, program.n_steps), program.pad_id, jnp.int32), caches=caches,
+        outputs=outputs, implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
         stop_state=jnp.zeros((n_rows, program.n_stop_strings), jnp.int32),
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
@@ -237,11 +265,11 @@ def _init_state(program: Program, params, prompt_ids, prompt_masks, prompt_seeds
     return _constrain_rows(program, state)
 
 
-def _run_chunk(program: Program, params, w_implicit, w_explicit, stops: Stops, state: DecodeState) -> DecodeState:
-    """L token steps. w_implicit [P, n_implicit], w_explicit [P] are expanded to the prompt's rows."""
-    rows = jnp.repeat(jnp.arange(w_explicit.shape[0]), program.width)
-    step = functools.partial(_token_step, program, params, jnp.take(w_implicit, rows, axis=0),
-                             jnp.take(w_explicit, rows, axis=0), stops)
+def _run_chunk(program: Program, params: Members, inputs: Inputs, state: DecodeState) -> DecodeState:
+    """L token steps; the per-prompt weights [P, G] and [P] are expanded to the prompts' rows."""
+    rows = jnp.repeat(jnp.arange(inputs.w_explicit.shape[0]), program.width)
+    step = functools.partial(_token_step, program, params, jnp.take(inputs.w_implicit, rows, axis=0),
+                             jnp.take(inputs.w_explicit, rows, axis=0), inputs.stops)
     state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
     return state
 
@@ -252,12 +280,10 @@ def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("program",))
-def run(program: Program, params, prompt_ids, prompt_masks, w_implicit, w_explicit, prompt_seeds, stops: Stops):
-    """The whole search. prompt_ids/masks: one [P, T_m] pair per model (own template); w_implicit [P, n_implicit];
-    w_explicit [P]; prompt_seeds [P, 2] (seed, index): prompt p's key is fold_in(key(seed), index).
-    Returns the final `DecodeState` (rows R = P·W·K) and the best row per prompt [P]."""
-    chunk = functools.partial(_run_chunk, program, params, w_implicit, w_explicit, stops)
-    state = chunk(_init_state(program, params, prompt_ids, prompt_masks, prompt_seeds))
+def run(program: Program, params: Members, inputs: Inputs):
+    """The whole search -> the final `DecodeState` (rows R = P·W·K) and the best row of each prompt [P]."""
+    chunk = functools.partial(_run_chunk, program, params, inputs)
+    state = chunk(_init_state(program, params, inputs))
     state = jax.lax.while_loop(
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
         lambda s: chunk(_select(program, s)[0]), state)
@@ -294,15 +320,6 @@ def _used_guides(guidance: Guidance) -> Guidance:
                                explicit=guidance.explicit if "explicit" in modes else None)
 
 
-def _members(base: Model, guidance: Guidance) -> list[tuple[Model, str]]:
-    members = [(base, guidance.base_template)]
-    for g in guidance.implicit:
-        members += [(g.tuned, g.templates[0]), (g.reference, g.templates[1])]
-    if guidance.explicit is not None:
-        members.append((guidance.explicit.value, guidance.explicit.template))
-    return members
-
-
 def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
     """[P, 2] uint32 (seed, index): one int seeds prompt p with (seed, p); per-prompt seeds use (seed_p, 0), so a
     prompt's randomness never depends on its place in the batch."""
@@ -326,72 +343,136 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     `mesh`: a ("data", "model") mesh (`ivg_jax.sharding.make_mesh`); rows are split over data, every model's
     weights and KV heads over model (docs/sharding.md).
     """
+    call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh)
+    inputs, prompt_tokens, w_host = encode_inputs(call, prompts, seed, implicit_weights, explicit_weight)
+    params = placed_params(call)
+    if call.host_kind is None:
+        state, best = run(call.program, params, inputs)
+        return _result(call, state, to_host(best), prompt_tokens)
+    return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    """One validated call of `generate`: the hashable `program` that keys compilation, the members it runs, and
+    what the host needs around it (guides scored on the host, stop strings for trimming, the tokenizer)."""
+
+    program: Program
+    models: Members  # Model per in-graph member
+    templates: Members  # str per in-graph member
+    guidance: Guidance  # as given, minus unused guides: the weights and the host-scored guides come from here
+    host_kind: str | None  # the chunk-level kind scored on the host (guides of another tokenizer), or None
+    n_real: int  # prompts as given; the program runs `prompt_bucket(n_real)`
+    stop_strings: tuple[str, ...]
+    stops: Stops  # host arrays
+    tokenizer: Any  # the base's
+
+
+def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
+         sampling: Sampling | None = None, max_new_tokens: int = 50, stop_strings: Sequence[str] = (),
+         stop_ids: Sequence[int] | None = None, mesh=None) -> Plan:
+    """Every check of a call, before anything compiles -> its `Plan`."""
     sampling = sampling or Sampling()
     search = search or Search()
-    guidance, host_guidance, host_kind = _plan(base, prompts, guidance, search, max_new_tokens)
-    n_real = len(prompts)
-    n_prompts = prompt_bucket(n_real)
-    # Dummy copies of the first prompt fill the bucket, so batches of nearby sizes share one program.
-    prompts = list(prompts) + [prompts[0]] * (n_prompts - n_real)
+    models, templates, guidance, host_kind = _settle(base, prompts, guidance, search, max_new_tokens)
     chunks, length = n_chunks(search, max_new_tokens)
-    members = _members(base, guidance)
-    pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
+    stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
+                        base.config.vocab_size)
+    in_graph = _in_graph(guidance, host_kind)
+    program = Program(
+        graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
+        beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
+        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=_pad_id(base), n_stop_strings=stops.n_strings,
+        mesh=mesh)
+    return Plan(program=program, models=models, templates=templates, guidance=guidance, host_kind=host_kind,
+                n_real=len(prompts), stop_strings=tuple(stop_strings), stops=stops, tokenizer=base.tokenizer)
+
+
+def _pad_id(base: Model) -> int:
+    return base.config.pad_token_id if base.config.pad_token_id is not None else 0
+
+
+def _settle(base: Model, prompts, guidance: Guidance | None, search: Search, max_new_tokens: int):
+    """Validated settings -> (Model per in-graph member, template per member, the guidance as given minus unused
+    guides, the chunk-level kind scored on the host or None). Needs configs and tokenizers only."""
+    guidance = guidance or Guidance()
+    validate(base, guidance, search, max_new_tokens)
+    guidance = _used_guides(guidance)
+    if isinstance(prompts, (str, bytes)) or not len(prompts):
+        raise InputError("prompts must be a non-empty list of strings or of token-id lists")
+    # Chunk-level guides of another tokenizer are scored on the host between chunks; the program runs the rest.
+    host_kind = host_scored_kind(base, guidance)
+    in_graph = _in_graph(guidance, host_kind)
+    explicit = in_graph.explicit
+    models = Members(base, tuple(g.tuned for g in in_graph.implicit), tuple(g.reference for g in in_graph.implicit),
+                     explicit.value if explicit is not None else None)
+    templates = Members(in_graph.base_template, tuple(g.templates[0] for g in in_graph.implicit),
+                        tuple(g.templates[1] for g in in_graph.implicit),
+                        explicit.template if explicit is not None else None)
+    return models, templates, guidance, host_kind
+
+
+def _in_graph(guidance: Guidance, host_kind: str | None) -> Guidance:
+    """The part of the guidance the compiled program runs: without the host-scored chunk-level guides."""
+    if host_kind is None:
+        return guidance
+    return dataclasses.replace(
+        guidance, chunk="none", implicit=() if host_kind == "implicit" else guidance.implicit,
+        explicit=None if host_kind == "explicit" else guidance.explicit)
+
+
+def _bucketed(prompts) -> list:
+    """The prompts padded to `prompt_bucket` with copies of the first, so batches of nearby sizes share one
+    program (the copies' results are dropped)."""
+    return list(prompts) + [prompts[0]] * (prompt_bucket(len(prompts)) - len(prompts))
+
+
+def encode_inputs(call: Plan, prompts, seed=0, implicit_weights=None, explicit_weight=None):
+    """-> (`Inputs` on the devices, prompt tokens per real prompt [P_real] summed over members, the host-scored
+    implicit guides' weights [P, G_host] or None)."""
+    mesh, n_real = call.program.mesh, call.n_real
+    n_prompts = prompt_bucket(n_real)
     ids, masks, prompt_tokens = [], [], np.zeros(n_real, np.int64)
-    for i, k in _encode_members(members, prompts, chunks * length, pad_id):
+    for i, k in _encode_members(call.models, call.templates, _bucketed(prompts), call.program.n_steps,
+                                call.program.pad_id):
         prompt_tokens += k[:n_real].sum(1)
         ids.append(put(i, ("batch", None), mesh))
         masks.append(put(k, ("batch", None), mesh))
-    n_implicit = len(guidance.implicit)
-    w_imp = _implicit_weights(host_guidance.implicit, implicit_weights, n_real)
-    if host_guidance.chunk == "implicit" and not np.all((w_imp > 0).any(axis=1)):
+    guidance = call.guidance
+    w_imp = _implicit_weights(guidance.implicit, implicit_weights, n_real)
+    if guidance.chunk == "implicit" and not np.all((w_imp > 0).any(axis=1)):
         p = int(np.argmin((w_imp > 0).any(axis=1)))
         raise InputError(f"prompt {p}: every implicit guide weight is <= 0 ({w_imp[p].tolist()}), so its implicit "
                          "chunk scores Σ w_i·(log π_tuned − log π_ref) are constant or inverted; give a guide a "
                          "positive weight or use another chunk-level mode")
-    if host_kind == "implicit":
+    w_host = None
+    if call.host_kind == "implicit":
         w_host, w_imp = _pad_rows(w_imp, n_prompts), np.zeros((n_real, 0), np.float32)
+    explicit = call.models.value is not None
     w_exp = per_prompt_weights(
-        explicit_weight if explicit_weight is not None else
-        (guidance.explicit.weight if guidance.explicit is not None else 0.0), n_real, "explicit weight")
-    w_imp = _pad_rows(w_imp, n_prompts)
-    w_exp = _pad_rows(w_exp, n_prompts)
-    seeds = _pad_rows(_prompt_seeds(seed, n_real), n_prompts)
-    stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
-                        base.config.vocab_size)
-    program = Program(
-        graphdefs=tuple(m.graphdef for m, _ in members), n_implicit=n_implicit,
-        has_value=guidance.explicit is not None, token=guidance.token, chunk=guidance.chunk,
-        beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
-        max_new_tokens=max_new_tokens, sampling=sampling, pad_id=pad_id, n_stop_strings=stops.n_strings, mesh=mesh)
-    params = tuple((shard_params(m, mesh) if mesh is not None else m).params for m, _ in members)
-    args = (program, params, tuple(ids), tuple(masks), put(w_imp, ("batch", None), mesh),
-            put(w_exp, ("batch",), mesh), put(seeds, ("batch", None), mesh),
-            jax.tree.map(lambda a: put(a, (None,) * a.ndim, mesh), stops))
-    if host_kind is None:
-        state, best = run(*args)
-        return _result(program, state, to_host(best)[:n_real], base.tokenizer, stop_strings, len(members),
-                       prompt_tokens, n_real)
-    if host_kind == "implicit":
-        g = host_guidance.implicit
-        scorer = HostChunkScorer("implicit", [m for x in g for m in (x.tuned, x.reference)], w_host,
-                                 g[0].template, prompts, program.width, program.n_steps)
-    else:
-        e = host_guidance.explicit
-        scorer = HostChunkScorer("explicit", [e.value], np.zeros((n_prompts, 0)), e.template, prompts,
-                                 program.width, program.n_steps)
-    state, scores = _host_scored_search(args, scorer, base.tokenizer)
-    best = to_host(_best_rows(program, jnp.where(state.duplicate, -jnp.inf, jnp.asarray(scores))))
-    result = _result(program, state, best[:n_real], base.tokenizer, stop_strings, len(members), prompt_tokens,
-                     n_real, scores=scores)
-    result.forward_tokens += scorer.forward_tokens  # includes the dummy rows of the bucket: an upper bound
-    result.forward_tokens_per_prompt += scorer.forward_tokens / n_real  # host scoring is shared evenly
-    return result
+        explicit_weight if explicit_weight is not None else (guidance.explicit.weight if explicit else 0.0),
+        n_real, "explicit weight")
+    n_members, g, v = len(call.models), call.models.n_implicit, call.models.has_value
+    inputs = Inputs(
+        ids=Members.of(ids, g, v), masks=Members.of(masks, g, v),
+        w_implicit=put(_pad_rows(w_imp, n_prompts), ("batch", None), mesh),
+        w_explicit=put(_pad_rows(w_exp, n_prompts), ("batch",), mesh),
+        seeds=put(_pad_rows(_prompt_seeds(seed, n_real), n_prompts), ("batch", None), mesh),
+        stops=jax.tree.map(lambda a: put(a, (None,) * a.ndim, mesh), call.stops))
+    assert len(ids) == n_members
+    return inputs, prompt_tokens, w_host
 
 
-def _encode_members(members: list[tuple[Model, str]], prompts, new_tokens: int, pad_id: int):
-    """Yields each model's (ids, mask) [B, T_m] of the prompts under its own template, checking that every id is in
-    its vocabulary and that prompt + `new_tokens` fits its context. Needs tokenizers and configs only."""
-    for m, template in members:
+def placed_params(call: Plan) -> Members:
+    """Each member's weights, placed on the program's mesh (shardings derived once per config and mesh)."""
+    mesh = call.program.mesh
+    return call.models.map(lambda m: (shard_params(m, mesh) if mesh is not None else m).params)
+
+
+def _encode_members(models: Members, templates: Members, prompts, new_tokens: int, pad_id: int):
+    """Yields each member's (ids, mask) [P, T_m] of the prompts under its own template, checking that every id is
+    in its vocabulary and that prompt + `new_tokens` fits its context. Needs tokenizers and configs only."""
+    for m, template in zip(models, templates):
         if template != "{prompt}" and not isinstance(prompts[0], str):
             raise InputError(f"templates apply to string prompts; token-id prompts need template '{{prompt}}' "
                              f"(got {template!r})")
@@ -405,34 +486,15 @@ def _encode_members(members: list[tuple[Model, str]], prompts, new_tokens: int, 
         yield ids, mask
 
 
-def _plan(base: Model, prompts, guidance: Guidance | None, search: Search, max_new_tokens: int):
-    """Validated settings -> (guidance the compiled program runs, guidance as given minus unused guides, the
-    chunk-level kind scored on the host or None)."""
-    guidance = guidance or Guidance()
-    validate(base, guidance, search, max_new_tokens)
-    guidance = _used_guides(guidance)
-    if isinstance(prompts, (str, bytes)) or not len(prompts):
-        raise InputError("prompts must be a non-empty list of strings or of token-id lists")
-    # Chunk-level guides of another tokenizer are scored on the host between chunks; the program runs the rest.
-    host_kind = host_scored_kind(base, guidance)
-    in_graph = guidance
-    if host_kind is not None:
-        in_graph = dataclasses.replace(
-            guidance, chunk="none", implicit=() if host_kind == "implicit" else guidance.implicit,
-            explicit=None if host_kind == "explicit" else guidance.explicit)
-    return in_graph, guidance, host_kind
-
-
 def preflight(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
               max_new_tokens: int = 50) -> None:
     """Every check `generate` makes before compiling — settings, templates, vocabularies, prompt ids and lengths
     against each model's context — on models that need only configs and tokenizers (`ivg_jax.loading.
     inspect_model`), so a job refuses bad input before it loads any weights."""
     search = search or Search()
-    guidance, _, _ = _plan(base, prompts, guidance, search, max_new_tokens)
+    models, templates, _, _ = _settle(base, prompts, guidance, search, max_new_tokens)
     chunks, length = n_chunks(search, max_new_tokens)
-    pad_id = base.config.pad_token_id if base.config.pad_token_id is not None else 0
-    for _ in _encode_members(_members(base, guidance), list(prompts), chunks * length, pad_id):
+    for _ in _encode_members(models, templates, list(prompts), chunks * length, _pad_id(base)):
         pass
 
 
@@ -452,14 +514,34 @@ def _implicit_weights(guides, override, n_real: int) -> np.ndarray:
     return w
 
 
-def _host_scored_search(args, scorer, tokenizer):
+def _run_host_scored(call: Plan, params: Members, inputs: Inputs, prompts: list, w_host, prompt_tokens):
+    """The search whose chunk-level guides have another tokenizer -> its `Generation` (their forward tokens
+    included)."""
+    program, guidance = call.program, call.guidance
+    if call.host_kind == "implicit":
+        g = guidance.implicit
+        scorer = HostChunkScorer("implicit", [m for x in g for m in (x.tuned, x.reference)], w_host,
+                                 g[0].template, prompts, program.width, program.n_steps)
+    else:
+        e = guidance.explicit
+        scorer = HostChunkScorer("explicit", [e.value], np.zeros((len(prompts), 0)), e.template, prompts,
+                                 program.width, program.n_steps)
+    state, scores = _host_scored_search(program, params, inputs, scorer, call.tokenizer)
+    best = to_host(_best_rows(program, jnp.where(state.duplicate, -jnp.inf, jnp.asarray(scores))))
+    result = _result(call, state, best, prompt_tokens, scores=scores)
+    result.forward_tokens += scorer.forward_tokens  # includes the dummy rows of the bucket: an upper bound
+    result.forward_tokens_per_prompt += scorer.forward_tokens / call.n_real  # host scoring is shared evenly
+    return result
+
+
+def _host_scored_search(program: Program, params: Members, inputs: Inputs, scorer: HostChunkScorer, tokenizer):
     """The chunk loop on the host: a compiled chunk, the rows' text re-scored by the scorer (its caches roll
-    forward incrementally), a compiled selection with those scores, the scorer's rows reordered to match."""
-    program, params, ids, masks, w_imp, w_exp, seeds, stops = args
-    state = init_state(program, params, ids, masks, seeds)
+    forward incrementally), a compiled selection with those scores, the scorer's rows reordered to match.
+    -> (final state, the last chunk's scores [R])."""
+    state = init_state(program, params, inputs)
     scores = None
     for c in range(program.n_chunks):
-        state = run_chunk(program, params, w_imp, w_exp, stops, state)
+        state = run_chunk(program, params, inputs, state)
         tokens, lengths, done = to_host(state.tokens), to_host(state.lengths), to_host(state.done)
         ended = done & np.isin(tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)], tokenizer.all_special_ids)
         texts = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
@@ -480,18 +562,21 @@ def _pad_rows(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([x, np.repeat(x[:1], n - len(x), axis=0)]) if n > len(x) else x
 
 
-def _result(program: Program, state: DecodeState, best: np.ndarray, tokenizer, stop_strings, n_models: int,
-            prompt_tokens: np.ndarray, n_real: int, scores: np.ndarray | None = None) -> Generation:
+def _result(call: Plan, state: DecodeState, best: np.ndarray, prompt_tokens: np.ndarray,
+            scores: np.ndarray | None = None) -> Generation:
+    """The final state on the host -> a `Generation` of the real prompts. best: [P] chosen row per prompt."""
+    program, n_real, tokenizer = call.program, call.n_real, call.tokenizer
+    best = best[:n_real]
     host = {k: to_host(v) for k, v in dict(
         tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
         scores=chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf, scores),
         done=state.done, duplicate=state.duplicate, work=state.work).items()}
     tokens = host["tokens"][best, :program.max_new_tokens]
     lengths = host["lengths"][best]
-    per_prompt = prompt_tokens + host["work"][:n_real].astype(np.int64) * n_models
+    per_prompt = prompt_tokens + host["work"][:n_real].astype(np.int64) * len(call.models)
     texts = None
     if tokenizer is not None:
-        texts = [trim(tokenizer.decode(t[:n], skip_special_tokens=True), stop_strings)
+        texts = [trim(tokenizer.decode(t[:n], skip_special_tokens=True), call.stop_strings)
                  for t, n in zip(tokens, lengths)]
     return Generation(
         tokens=tokens, lengths=lengths, texts=texts, scores=host["scores"][best],

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    # [layers, B, K, S, H]: (batch, kv head) lead, so both attention dots read the cache in place
+    # [layers, B, Nkv, S, H]: (batch, kv head) lead, so both attention dots read the cache in place
     k: jax.Array
     v: jax.Array
     pos: jax.Array  # [B, S] int32 position of the token held in each slot; -1 = empty or padding
@@ -37,7 +37,7 @@ class KVCache:
         return jnp.max(self.pos, axis=1) + 1
 
     def write(self, k: jax.Array, v: jax.Array, pos: jax.Array) -> KVCache:
-        """Appends T slots for every row. k, v: [layers, B, K, T, H]; pos: [B, T] (-1 for padding)."""
+        """Appends T slots for every row. k, v: [layers, B, Nkv, T, H]; pos: [B, T] (-1 for padding)."""
         i = self.index
         return KVCache(
             k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), (0, 0, 0, i, 0)),

@@ -2,7 +2,8 @@
 
 Weights are `nnx.Param`s whose `axes` metadata names their logical axes (see `ivg_jax.sharding`); einsum
 letters follow the glossary: B batch, T query length, S cache length, N query heads, K kv heads, G heads per
-kv group, H head dim, D model dim, F ffw dim, V vocab, E experts.
+kv group, H head dim, D model dim, F ffw dim, V vocab, E experts. Docstring shapes write query and KV heads as
+Nq and Nkv, since K is the decoder's candidates per beam (glossary in `ivg_jax.decoding.engine`).
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class Attention(nnx.Module):
             self.o_bias = _param(rngs, (d,), dtype, ("embed",), init="zeros")
 
     def project(self, x: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """x: [B, T, D] -> q [B, T, N, H], k and v [B, T, K, H] (rotary already applied)."""
+        """x: [B, T, D] -> q [B, T, Nq, H], k and v [B, T, Nkv, H] (rotary already applied)."""
         # Plain 2-D matmuls on the flattened head axes: XLA:CPU would otherwise copy weights into a new layout.
         q, k, v = (_dense_heads(x, w[...]) for w in (self.q, self.k, self.v))
         if self.cfg.attn_bias:
@@ -135,8 +136,8 @@ class Attention(nnx.Module):
     def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
         """Attends the T new tokens to the cached slots and to each other.
 
-        x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, K, S, H] or None; cache_pos: [B, S].
-        Returns the block output [B, T, D] and the new k, v [B, K, T, H] for the caller to write.
+        x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, Nkv, S, H] or None; cache_pos: [B, S].
+        Returns the block output [B, T, D] and the new k, v [B, Nkv, T, H] for the caller to write.
         The cache is read in place, never concatenated with the new keys: scores are joined instead.
         """
         cfg = self.cfg

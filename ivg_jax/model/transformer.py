@@ -46,7 +46,7 @@ class Transformer(nnx.Module):
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0,
                trunk: jax.Array | None = None):
-        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, K, T, H].
+        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, Nkv, T, H].
 
         `frozen_layers` > 0 (training without a cache) runs the bottom blocks as their own scan and stops the
         gradient at its output, so backpropagation never enters them: top-N-block training costs a forward of
