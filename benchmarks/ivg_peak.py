@@ -1,0 +1,216 @@
+"""IVG at GPT-2-small shapes against this machine's matmul peak, and where a token step's time goes (issue 14).
+
+Models (random init, distinct weight copies): a GPT-2-small base, tuned and reference (124M each) and a token
+value model (GPT-2-small backbone with an untied vocab-sized value head, 163M). IVG = implicit token guidance +
+explicit chunk scores, W, K, L = 4, 4, 5, 50 new tokens, no early stop. For each dtype and prompt count:
+
+    s/prompt      generate's wall time per prompt (median of --repeats, after compiling)
+    step GFLOP    XLA's cost_analysis() of one compiled token step (four models + guidance + sampling)
+    GFLOP/s       step GFLOP x steps / wall time
+    % of peak     that rate over this machine's matmul peak, measured in the same run (best jnp.dot rate of a
+                  2048^3 matmul in the same dtype)
+
+and a per-part split of one token step at the same rows, each part jitted and timed alone: the four models'
+forward steps (blocks and vocab projection), the vocab projections alone, guidance (log-softmaxes, the
+guided distribution, KL) and sampling.
+
+    python benchmarks/ivg_peak.py                       # fp32 and bf16, 1 and 8 prompts
+    python benchmarks/ivg_peak.py --dtypes float32 --prompts 1 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+
+from ivg_jax.runtime import tune_cpu
+
+tune_cpu()
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import ivg_jax  # noqa: E402
+from ivg_jax.decoding import engine  # noqa: E402
+from ivg_jax.decoding.sampling import sample, step_keys  # noqa: E402
+
+GPT2_SMALL = ivg_jax.ModelConfig(
+    family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64, d_ff=3072,
+    norm="layer", mlp="gelu", activation="gelu_new", attn_bias=True, attn_out_bias=True, mlp_bias=True,
+    positions="learned", max_positions=1024, tie_embeddings=True, pad_token_id=50256, eos_token_ids=(50256,))
+
+
+def median_seconds(fn, repeats: int) -> float:
+    jax.block_until_ready(fn())  # compile / warm
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Best GFLOP/s of an n x n x n jnp.dot in `dtype` (f32 accumulation), jitted."""
+    a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+    dot = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    jax.block_until_ready(dot(a, a))
+    best = min(_once(lambda: dot(a, a)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def _once(fn) -> float:
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - t
+
+
+def flops_of(compiled) -> float:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan")))
+
+
+def step_flops(program, params, w_imp, w_exp, stops, state) -> float:
+    """cost_analysis() FLOPs of one token step with every loop unrolled. XLA counts a while loop's body once, and
+    the models run their blocks as a `lax.scan` over layers, so the compiled step's own count holds one block per
+    model; this lowering (for counting only) unrolls that scan and inlines the models' jitted `extend`."""
+    scan, extend = jax.lax.scan, engine.extend
+    try:
+        jax.lax.scan = functools.partial(scan, unroll=True)
+        engine.extend = extend.__wrapped__
+        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, s)).lower(params, state)
+        return flops_of(lowered.compile())
+    finally:
+        jax.lax.scan, engine.extend = scan, extend
+
+
+def make_models(dtype):
+    base = ivg_jax.init_model(GPT2_SMALL, 0, dtype=dtype)
+    tuned = ivg_jax.init_model(GPT2_SMALL, 1, dtype=dtype)
+    ref = ivg_jax.init_model(GPT2_SMALL, 2, dtype=dtype)
+    value = ivg_jax.init_model(GPT2_SMALL.replace(head="value", tie_embeddings=False), 3, dtype=dtype)
+    return base, tuned, ref, value
+
+
+def ivg_setup(models, n_prompts: int, new_tokens: int):
+    base, tuned, ref, value = models
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(100, 50000, size=12 + i % 5).tolist() for i in range(n_prompts)]
+    guidance = ivg_jax.Guidance([ivg_jax.ImplicitGuide(tuned, ref, 1.0)], ivg_jax.ExplicitGuide(value, 1.0),
+                                token="implicit", chunk="explicit")
+    search = ivg_jax.Search(4, 4, 5)
+    kw = dict(sampling=ivg_jax.Sampling(0.7), max_new_tokens=new_tokens, stop_ids=[])
+    return prompts, guidance, search, kw
+
+
+def step_parts(models, call, params, inputs):
+    """Seconds of one token step and of its parts, at the program's rows, each jitted and timed alone."""
+    program = call.program
+    state = engine.init_state(program, params, inputs)
+    rows = jnp.repeat(jnp.arange(inputs.w_explicit.shape[0]), program.width)
+    w_imp, w_exp = jnp.take(inputs.w_implicit, rows, axis=0), jnp.take(inputs.w_explicit, rows, axis=0)
+    n_rows = rows.shape[0]
+
+    whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s))
+    compiled = whole.lower(params, state).compile()
+    out = {"rows": int(n_rows), "step_gflop": step_flops(program, params, w_imp, w_exp, inputs.stops, state) / 1e9,
+           "step_s": median_seconds(lambda: compiled(params, state), 5)}
+
+    token = jnp.zeros((n_rows, 1), jnp.int32)
+    active = jnp.ones((n_rows, 1), bool)
+    def models_step(p, caches):  # every member's extend: blocks and vocab projection
+        return [ivg_jax.model.extend(g, pp, token, active, c)[0]
+                for g, pp, c in zip(program.graphdefs, p, caches)]
+
+    models_fn = jax.jit(models_step)
+    out["models_s"] = median_seconds(lambda: models_fn(params, state.caches), 5)
+
+    def heads(p):
+        x = jnp.ones((n_rows, GPT2_SMALL.d_model), jax.tree.leaves(p.base)[0].dtype)
+        ws = [pp["embed"].T if "value_head" not in pp else pp["value_head"] for pp in p]
+        return [jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws]
+
+    heads_fn = jax.jit(heads)
+    out["vocab_heads_s"] = median_seconds(lambda: heads_fn(params), 5)
+
+    def guidance(outputs):
+        base, guided, _ = engine._guided_logprobs(program, outputs, w_imp, w_exp)
+        t = engine._log_softmax(guided / 0.7)
+        b = engine._log_softmax(base / 0.7)
+        return guided, jnp.sum(jnp.exp(t) * (t - b), axis=-1)
+
+    guidance_fn = jax.jit(guidance)
+    out["guidance_s"] = median_seconds(lambda: guidance_fn(state.outputs), 5)
+    guided = guidance_fn(state.outputs)[0]
+    sample_fn = jax.jit(lambda k, g: sample(step_keys(k, jnp.int32(0)), g, program.sampling))
+    out["sampling_s"] = median_seconds(lambda: sample_fn(state.keys, guided), 5)
+    return out
+
+
+def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: int, peak: float) -> dict:
+    base = models[0]
+    prompts, guidance, search, kw = ivg_setup(models, n_prompts, new_tokens)
+    t = time.perf_counter()
+    ivg_jax.generate(base, prompts, guidance, search, **kw)
+    compile_s = time.perf_counter() - t
+    seconds = median_seconds(lambda: ivg_jax.generate(base, prompts, guidance, search, **kw).tokens, repeats)
+    call = engine.plan(base, prompts, guidance, search, kw["sampling"], new_tokens, stop_ids=[])
+    inputs, _, _ = engine.encode_inputs(call, prompts)
+    params = engine.placed_params(call)
+    parts = step_parts(models, call, params, inputs)
+    n_steps = call.program.n_steps
+    rate = parts["step_gflop"] * n_steps / seconds
+    row = {"dtype": dtype_name, "prompts": n_prompts, "s_per_prompt": seconds / n_prompts,
+           "compile_s": compile_s - seconds, "gflop_per_s": rate, "peak_gflop_per_s": peak,
+           "fraction_of_peak": rate / peak, **parts}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| dtype | prompts | rows | s/prompt | step GFLOP | GFLOP/s | matmul peak GFLOP/s | % of peak | step ms "
+             "| models ms (blocks + heads) | of which vocab heads ms | guidance ms | sampling ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dtype']} | {r['prompts']} | {r['rows']} | {r['s_per_prompt']:.2f} "
+                     f"| {r['step_gflop']:.1f} | {r['gflop_per_s']:.0f} | {r['peak_gflop_per_s']:.0f} "
+                     f"| {100 * r['fraction_of_peak']:.0f}% | {1000 * r['step_s']:.0f} | {1000 * r['models_s']:.0f} "
+                     f"| {1000 * r['vocab_heads_s']:.0f} | {1000 * r['guidance_s']:.0f} "
+                     f"| {1000 * r['sampling_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    ap.add_argument("--prompts", nargs="*", type=int, default=[1, 8])
+    ap.add_argument("--new-tokens", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    rows = []
+    for name in args.dtypes:
+        dtype = jnp.dtype(name)
+        peak = matmul_peak(dtype)
+        print(f"{name} matmul peak: {peak:.0f} GFLOP/s", flush=True)
+        models = make_models(dtype)
+        for n in args.prompts:
+            rows.append(run_case(models, name, n, args.new_tokens, args.repeats, peak))
+        del models
+    hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}"
+    text = f"Hardware: {hardware}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}\n\n{table(rows)}"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
