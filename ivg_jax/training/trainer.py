@@ -214,7 +214,8 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     cached = frozen_layers > 0 and cfg.cache_trunk
     if cached:
-        attach_trunk(model, frozen_layers, list(train_examples) + list(val_examples), eval_bs, pad_id, mesh, rules)
+        attach_trunk(model, frozen_layers, list(train_examples) + list(val_examples), eval_bs, pad_id, mesh, rules,
+                     progress=progress)
     fns = build_steps(objective, model.graphdef, optimizer, frozen_layers, mesh, rules,
                       ref_graphdef=None if ref_model is None else ref_model.graphdef,
                       reference_uses_trunk=cached and ref_model is not None
@@ -226,7 +227,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     _write_config(cfg, run_dir)
     if objective.kind == "dpo" and cfg.reference_logprobs == "precompute":
         _attach_reference(fns, ref_model, train_examples, val_examples, eval_bs, pad_id,
-                          run_dir / "reference_logprobs.npz")
+                          run_dir / "reference_logprobs.npz", progress=progress)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last, BEST_METRIC[cfg.objective])
     resumed = checkpoints.latest_step()
@@ -416,7 +417,7 @@ def shares_bottom(model: Model, other: Model, n_layers: int) -> bool:
 
 
 def attach_trunk(model: Model, n_layers: int, examples, batch_size: int, pad_id: int, mesh=None,
-                 rules=None) -> None:
+                 rules=None, progress: bool = False) -> None:
     """Runs the frozen bottom `n_layers` blocks once per example and keeps their output [T, D] per sequence on
     the host (`Example.trunk`), so each train step runs only the trained top blocks: exact, since the frozen
     blocks never change; host memory = tokens x d_model x dtype bytes (about 2.3 kB a token for SmolLM2)."""
@@ -424,15 +425,26 @@ def attach_trunk(model: Model, n_layers: int, examples, batch_size: int, pad_id:
     from ivg_jax.sharding import put
 
     rules_kw = {} if rules is None else {"rules": rules}
+    bar = _stage_bar(progress, len(examples), "frozen blocks (once)")
     for i, (batch, n) in enumerate(data_lib.fixed_batches(examples, batch_size, pad_id)):
         tokens, mask = (put(batch[k], ("batch", None), mesh, **rules_kw) for k in ("tokens", "mask"))
         hidden = to_host(trunk_forward(model.graphdef, model.params, tokens, mask, n_layers))  # [n_seq * B, T, D]
         for j, e in enumerate(examples[i * batch_size:i * batch_size + n]):
             e.trunk = tuple(hidden[s * batch_size + j, :len(ids)] for s, (ids, _) in enumerate(e.sequences))
+        bar.update(n)
+    bar.close()
+
+
+def _stage_bar(enabled: bool, total: int, desc: str):
+    """A progress bar for the one-off passes before the first step (minutes for thousands of examples)."""
+    from ivg_jax.progress import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled or jax.process_index() != 0, unit="example",
+                dynamic_ncols=True)
 
 
 def _attach_reference(fns, ref_model: Model, train_examples, val_examples, batch_size: int, pad_id: int,
-                      cache: Path) -> None:
+                      cache: Path, progress: bool = False) -> None:
     """Reference log-probs of every train and validation pair, computed once (and cached in the run directory
     so a resume does not recompute them)."""
     examples = list(train_examples) + list(val_examples)
@@ -443,10 +455,13 @@ def _attach_reference(fns, ref_model: Model, train_examples, val_examples, batch
                                   f"{len(examples)}; delete it to recompute")
     else:
         logps = np.zeros((len(examples), 2), np.float32)
+        bar = _stage_bar(progress, len(examples), "reference log-probs (once)")
         for i, (batch, n) in enumerate(data_lib.fixed_batches(examples, batch_size, pad_id)):
             out = to_host(fns.reference(ref_model.params, fns.batch_sharding(batch)))
             b = len(out) // 2
             logps[i * batch_size:i * batch_size + n] = np.stack([out[:b], out[b:]], 1)[:n]
+            bar.update(n)
+        bar.close()
         if jax.process_index() == 0:
             np.savez(cache, logprobs=logps)
     for e, lp in zip(examples, logps):
