@@ -48,6 +48,10 @@ RECIPES = {
     "maxgap-lr1e-3-top2-3ep": ("maxgap", 1e-3, 0.1, 2, 3.0, 0.0),
     "maxgap-lr5e-4-top2-3ep-beta05": ("maxgap", 5e-4, 0.5, 2, 3.0, 0.0),
     "allpairs-lr5e-4-top2-1ep": ("allpairs", 5e-4, 0.1, 2, 1.0, 0.0),
+    # 2000 composed train prompts x 4 samples (the data-size lever)
+    "maxgap-lr5e-4-top2-1ep": ("maxgap", 5e-4, 0.1, 2, 1.0, 0.0),
+    "maxgap-lr5e-4-top4-1ep": ("maxgap", 5e-4, 0.1, 4, 1.0, 0.0),
+    "maxgap-lr1e-3-top2-1ep": ("maxgap", 1e-3, 0.1, 2, 1.0, 0.0),
 }
 
 

@@ -4,7 +4,9 @@ IMDB itself cannot be downloaded here, so the openings are composed: each is a s
 reviewer starts from: the film, its parts, the viewing situation) followed by a short verb phrase, both drawn
 from hand-written lists that mirror how IMDB reviews open — mostly neutral, some leaning positive or negative,
 as real truncated reviews do. Every opening is 2-8 words, unique, and the split is a seeded shuffle:
-400 train / 100 validation / 200 test.
+400 train / 100 validation / 200 test. Then 4000 more train openings (another seed, none equal to an opening of
+any split) follow the first 400 in train.txt: preference data at scale is what makes the guides generalise
+(benchmarks/dpo_recipes.py), and a run with n_train <= 400 reads exactly the original ones.
 
     python ivg_jax/experiments/sentiment/prompts/make_prompts.py
 """
@@ -65,11 +67,11 @@ VIEWING = ["rented this because", "watched this on", "saw this at", "expected", 
 VIEWING_TAILS = {"": 3, "a": 1, "the": 1, "last night": 1, "after": 1, "with": 1, "because": 1, "years ago": 1}
 
 
-def openings(seed: int = 2409) -> list[str]:
-    rng = random.Random(seed)
-    out, seen = [], set()
+def _compose(rng: random.Random, n: int, exclude: set[str]) -> list[str]:
+    """n unique openings, none in `exclude`, in draw order."""
+    out, seen = [], set(exclude)
     tails = [t for t, w in VIEWING_TAILS.items() for _ in range(w)]
-    while len(out) < 700:
+    while len(out) < n:
         if rng.random() < 0.2:
             text = " ".join(x for x in (rng.choice(VIEWERS), rng.choice(VIEWING), rng.choice(tails)) if x)
         else:
@@ -79,14 +81,25 @@ def openings(seed: int = 2409) -> list[str]:
         if 2 <= len(text.split()) <= 8 and text not in seen:
             seen.add(text)
             out.append(text)
+    return out
+
+
+def openings(seed: int = 2409) -> list[str]:
+    rng = random.Random(seed)
+    out = _compose(rng, 700, set())
     rng.shuffle(out)
     return out
+
+
+def extra_train_openings(existing: list[str], n: int = 4000, seed: int = 7) -> list[str]:
+    return _compose(random.Random(seed), n, set(existing))
 
 
 if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
     all_openings = openings()
-    splits = {"train": all_openings[:400], "val": all_openings[400:500], "test": all_openings[500:700]}
+    splits = {"train": all_openings[:400] + extra_train_openings(all_openings), "val": all_openings[400:500],
+              "test": all_openings[500:700]}
     for name, rows in splits.items():
         with open(os.path.join(here, f"{name}.txt"), "w") as f:
             f.write("\n".join(rows) + "\n")
