@@ -77,7 +77,7 @@ def flops_of(compiled) -> float:
     return float(cost.get("flops", float("nan")))
 
 
-def step_flops(program, params, w_imp, w_exp, stops, state) -> float:
+def step_flops(program, params, w_imp, w_exp, stops, layers, state) -> float:
     """cost_analysis() FLOPs of one token step with every loop unrolled. XLA counts a while loop's body once, and
     the models run their blocks as a `lax.scan` over layers, so the compiled step's own count holds one block per
     model; this lowering (for counting only) unrolls that scan and inlines the models' jitted `extend`."""
@@ -85,7 +85,8 @@ def step_flops(program, params, w_imp, w_exp, stops, state) -> float:
     try:
         jax.lax.scan = functools.partial(scan, unroll=True)
         engine.extend = extend.__wrapped__
-        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, s)).lower(params, state)
+        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, layers, s)).lower(params,
+                                                                                                            state)
         return flops_of(lowered.compile())
     finally:
         jax.lax.scan, engine.extend = scan, extend
@@ -118,16 +119,18 @@ def step_parts(models, call, params, inputs):
     w_imp, w_exp = jnp.take(inputs.w_implicit, rows, axis=0), jnp.take(inputs.w_explicit, rows, axis=0)
     n_rows = rows.shape[0]
 
-    whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s))
+    layers = jax.jit(lambda p: engine._layers(program, p))(params)
+    whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, layers, s))
     compiled = whole.lower(params, state).compile()
-    out = {"rows": int(n_rows), "step_gflop": step_flops(program, params, w_imp, w_exp, inputs.stops, state) / 1e9,
+    flops = step_flops(program, params, w_imp, w_exp, inputs.stops, layers, state)
+    out = {"rows": int(n_rows), "step_gflop": flops / 1e9,
            "step_s": median_seconds(lambda: compiled(params, state), 5)}
 
     token = jnp.zeros((n_rows, 1), jnp.int32)
     active = jnp.ones((n_rows, 1), bool)
     def models_step(p, caches):  # every member's extend: blocks and vocab projection
-        return [ivg_jax.model.extend(g, pp, token, active, c)[0]
-                for g, pp, c in zip(program.graphdefs, p, caches)]
+        return [ivg_jax.model.extend(g, pp, token, active, c, ls)[0]
+                for g, pp, c, ls in zip(program.graphdefs, p, caches, layers)]
 
     models_fn = jax.jit(models_step)
     out["models_s"] = median_seconds(lambda: models_fn(params, state.caches), 5)
