@@ -9,6 +9,8 @@ explicit chunk scores, W, K, L = 4, 4, 5, 50 new tokens, no early stop. For each
     GFLOP/s       step GFLOP x steps / wall time
     % of peak     that rate over this machine's matmul peak, measured in the same run (best jnp.dot rate of a
                   2048^3 matmul in the same dtype)
+    % of roofline that rate over min(peak, read bandwidth x the step's FLOP per byte accessed): at 16 rows a
+                  decode step streams all four models' weights for 16 tokens and is bandwidth-bound
 
 and a per-part split of one token step at the same rows, each part jitted and timed alone: the four models'
 forward steps (blocks and vocab projection), the vocab projections alone, guidance (log-softmaxes, the
@@ -65,29 +67,40 @@ def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
+def read_bandwidth(repeats: int = 5) -> float:
+    """Best GB/s of summing a 1 GiB float32 array: the rate at which a step can stream its weights."""
+    a = jnp.ones((2 ** 28,), jnp.float32)
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(a))
+    return a.nbytes / min(_once(lambda: total(a)) for _ in range(repeats)) / 1e9
+
+
 def _once(fn) -> float:
     t = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - t
 
 
-def flops_of(compiled) -> float:
+def cost_of(compiled) -> dict:
     cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", float("nan")))
+    return cost[0] if isinstance(cost, list) else cost
 
 
-def step_flops(program, params, w_imp, w_exp, stops, layers, state) -> float:
-    """cost_analysis() FLOPs of one token step with every loop unrolled. XLA counts a while loop's body once, and
-    the models run their blocks as a `lax.scan` over layers, so the compiled step's own count holds one block per
-    model; this lowering (for counting only) unrolls that scan and inlines the models' jitted `extend`."""
+def flops_of(compiled) -> float:
+    return float(cost_of(compiled).get("flops", float("nan")))
+
+
+def step_cost(program, params, w_imp, w_exp, stops, layers, state) -> tuple[float, float]:
+    """cost_analysis() (FLOPs, bytes accessed) of one token step with every loop unrolled: XLA counts a loop's
+    body once, so any `lax.scan` over layers is unrolled and the models' jitted `extend` inlined for counting."""
     scan, extend = jax.lax.scan, engine.extend
     try:
         jax.lax.scan = functools.partial(scan, unroll=True)
         engine.extend = extend.__wrapped__
         lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, layers, s)).lower(params,
                                                                                                             state)
-        return flops_of(lowered.compile())
+        cost = cost_of(lowered.compile())
+        return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
     finally:
         jax.lax.scan, engine.extend = scan, extend
 
@@ -122,8 +135,8 @@ def step_parts(models, call, params, inputs):
     layers = jax.jit(lambda p: engine._layers(program, p))(params)
     whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, layers, s))
     compiled = whole.lower(params, state).compile()
-    flops = step_flops(program, params, w_imp, w_exp, inputs.stops, layers, state)
-    out = {"rows": int(n_rows), "step_gflop": flops / 1e9,
+    flops, nbytes = step_cost(program, params, w_imp, w_exp, inputs.stops, layers, state)
+    out = {"rows": int(n_rows), "step_gflop": flops / 1e9, "step_gbytes": nbytes / 1e9,
            "step_s": median_seconds(lambda: compiled(params, state), 5)}
 
     token = jnp.zeros((n_rows, 1), jnp.int32)
@@ -137,8 +150,8 @@ def step_parts(models, call, params, inputs):
 
     def heads(p):
         x = jnp.ones((n_rows, GPT2_SMALL.d_model), jax.tree.leaves(p.base)[0].dtype)
-        ws = [pp["embed"].T if "value_head" not in pp else pp["value_head"] for pp in p]
-        return [jnp.dot(x, w, preferred_element_type=jnp.float32) for w in ws]
+        return [jnp.einsum("bd,vd->bv", x, pp["embed"], preferred_element_type=jnp.float32) if "value_head" not in pp
+                else jnp.dot(x, pp["value_head"], preferred_element_type=jnp.float32) for pp in p]
 
     heads_fn = jax.jit(heads)
     out["vocab_heads_s"] = median_seconds(lambda: heads_fn(params), 5)
@@ -157,7 +170,8 @@ def step_parts(models, call, params, inputs):
     return out
 
 
-def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: int, peak: float) -> dict:
+def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: int, peak: float,
+             bandwidth: float) -> dict:
     base = models[0]
     prompts, guidance, search, kw = ivg_setup(models, n_prompts, new_tokens)
     t = time.perf_counter()
@@ -170,21 +184,28 @@ def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: 
     parts = step_parts(models, call, params, inputs)
     n_steps = call.program.n_steps
     rate = parts["step_gflop"] * n_steps / seconds
+    # Roofline: a step cannot run faster than its FLOPs at the matmul peak, nor than its bytes at the
+    # bandwidth; at 16 rows decoding streams every weight once per 16 tokens and is bandwidth-bound.
+    roofline = min(peak, bandwidth * parts["step_gflop"] / parts["step_gbytes"])
     row = {"dtype": dtype_name, "prompts": n_prompts, "s_per_prompt": seconds / n_prompts,
            "compile_s": compile_s - seconds, "gflop_per_s": rate, "peak_gflop_per_s": peak,
-           "fraction_of_peak": rate / peak, **parts}
+           "fraction_of_peak": rate / peak, "bandwidth_gb_per_s": bandwidth, "roofline_gflop_per_s": roofline,
+           "fraction_of_roofline": rate / roofline, **parts}
     print(json.dumps(row), flush=True)
     return row
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dtype | prompts | rows | s/prompt | step GFLOP | GFLOP/s | matmul peak GFLOP/s | % of peak | step ms "
-             "| models ms (blocks + heads) | of which vocab heads ms | guidance ms | sampling ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| dtype | prompts | rows | s/prompt | step GFLOP | step GB | GFLOP/s | matmul peak GFLOP/s | % of peak "
+             "| roofline GFLOP/s | % of roofline | step ms | models ms (blocks + heads) | of which vocab heads ms "
+             "| guidance ms | sampling ms |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['dtype']} | {r['prompts']} | {r['rows']} | {r['s_per_prompt']:.2f} "
-                     f"| {r['step_gflop']:.1f} | {r['gflop_per_s']:.0f} | {r['peak_gflop_per_s']:.0f} "
-                     f"| {100 * r['fraction_of_peak']:.0f}% | {1000 * r['step_s']:.0f} | {1000 * r['models_s']:.0f} "
+                     f"| {r['step_gflop']:.1f} | {r['step_gbytes']:.2f} | {r['gflop_per_s']:.0f} "
+                     f"| {r['peak_gflop_per_s']:.0f} | {100 * r['fraction_of_peak']:.0f}% "
+                     f"| {r['roofline_gflop_per_s']:.0f} | {100 * r['fraction_of_roofline']:.0f}% "
+                     f"| {1000 * r['step_s']:.0f} | {1000 * r['models_s']:.0f} "
                      f"| {1000 * r['vocab_heads_s']:.0f} | {1000 * r['guidance_s']:.0f} "
                      f"| {1000 * r['sampling_s']:.1f} |")
     return "\n".join(lines)
@@ -199,16 +220,19 @@ def main() -> None:
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     rows = []
+    bandwidth = read_bandwidth()
+    print(f"read bandwidth: {bandwidth:.1f} GB/s", flush=True)
     for name in args.dtypes:
         dtype = jnp.dtype(name)
         peak = matmul_peak(dtype)
         print(f"{name} matmul peak: {peak:.0f} GFLOP/s", flush=True)
         models = make_models(dtype)
         for n in args.prompts:
-            rows.append(run_case(models, name, n, args.new_tokens, args.repeats, peak))
+            rows.append(run_case(models, name, n, args.new_tokens, args.repeats, peak, bandwidth))
         del models
     hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}"
-    text = f"Hardware: {hardware}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}\n\n{table(rows)}"
+    text = (f"Hardware: {hardware}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}; read bandwidth {bandwidth:.1f} GB/s"
+            f"\n\n{table(rows)}")
     print(text)
     if args.out:
         with open(args.out, "w") as f:
