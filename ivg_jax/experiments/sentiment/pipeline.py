@@ -572,10 +572,13 @@ def _covers(summary: dict, cfg: SentimentConfig) -> bool:
 
 class _Shells:
     """`Models` with every role played by the base's config and tokenizer (no weights): the guides start from
-    the base, so what the base's tokenizer and context accept, they accept."""
+    the base, so what the base's tokenizer and context accept, they accept. The value model is the base with the
+    vocab-sized value head that the fudge stage gives it."""
 
     def __init__(self, shell):
-        self.base = self.tuned = self.value = lambda: shell
+        value = dataclasses.replace(shell, config=shell.config.replace(head="value"))
+        self.base = self.tuned = lambda: shell
+        self.value = lambda: value
 
 
 def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
