@@ -90,15 +90,14 @@ def flops_of(compiled) -> float:
     return float(cost_of(compiled).get("flops", float("nan")))
 
 
-def step_cost(program, params, w_imp, w_exp, stops, layers, state) -> tuple[float, float]:
+def step_cost(program, params, w_imp, w_exp, stops, state) -> tuple[float, float]:
     """cost_analysis() (FLOPs, bytes accessed) of one token step with every loop unrolled: XLA counts a loop's
     body once, so any `lax.scan` over layers is unrolled and the models' jitted `extend` inlined for counting."""
     scan, extend = jax.lax.scan, engine.extend
     try:
         jax.lax.scan = functools.partial(scan, unroll=True)
         engine.extend = extend.__wrapped__
-        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, layers, s)).lower(params,
-                                                                                                            state)
+        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, s)).lower(params, state)
         cost = cost_of(lowered.compile())
         return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
     finally:
@@ -132,18 +131,17 @@ def step_parts(models, call, params, inputs):
     w_imp, w_exp = jnp.take(inputs.w_implicit, rows, axis=0), jnp.take(inputs.w_explicit, rows, axis=0)
     n_rows = rows.shape[0]
 
-    layers = jax.jit(lambda p: engine._layers(program, p))(params)
-    whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, layers, s))
+    # Arrays are arguments or small: a jitted closure embeds what it closes over in the executable as constants.
+    whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s))
     compiled = whole.lower(params, state).compile()
-    flops, nbytes = step_cost(program, params, w_imp, w_exp, inputs.stops, layers, state)
+    flops, nbytes = step_cost(program, params, w_imp, w_exp, inputs.stops, state)
     out = {"rows": int(n_rows), "step_gflop": flops / 1e9, "step_gbytes": nbytes / 1e9,
            "step_s": median_seconds(lambda: compiled(params, state), 5)}
 
     token = jnp.zeros((n_rows, 1), jnp.int32)
     active = jnp.ones((n_rows, 1), bool)
     def models_step(p, caches):  # every member's extend: blocks and vocab projection
-        return [ivg_jax.model.extend(g, pp, token, active, c, ls)[0]
-                for g, pp, c, ls in zip(program.graphdefs, p, caches, layers)]
+        return [ivg_jax.model.extend(g, pp, token, active, c)[0] for g, pp, c in zip(program.graphdefs, p, caches)]
 
     models_fn = jax.jit(models_step)
     out["models_s"] = median_seconds(lambda: models_fn(params, state.caches), 5)

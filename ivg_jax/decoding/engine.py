@@ -44,7 +44,8 @@ from ivg_jax.decoding.stops import Stops, advance, build_stops, trim
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
-from ivg_jax.model.transformer import extend, prefill, unstack_layers
+from ivg_jax.model.cache import KVCache
+from ivg_jax.model.transformer import extend, prefill
 from ivg_jax.sharding import constrain, put, shard_params, to_host
 
 
@@ -64,9 +65,6 @@ class Program:
     pad_id: int
     n_stop_strings: int = 0  # S: one match state per row per stop string
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
-    # One weight dict per layer of every member, copied once per program (`unstack_layers`): on CPU a step that
-    # slices stacked weights copies them at every token; elsewhere the copies would double weight memory.
-    layer_copies: bool = False
 
     @property
     def n_implicit(self) -> int:  # G
@@ -124,8 +122,9 @@ def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
         return state
     mesh = program.mesh
     rows = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)  # noqa: E731
-    cache = lambda c: dataclasses.replace(  # noqa: E731
-        c.map_kv(lambda x: constrain(x, ("batch", "kv_heads", None, None), mesh)), pos=rows(c.pos))
+    cache = lambda c: KVCache(k=constrain(c.k, (None, "batch", "kv_heads", None, None), mesh),  # noqa: E731
+                              v=constrain(c.v, (None, "batch", "kv_heads", None, None), mesh),
+                              pos=rows(c.pos), index=c.index)
     return _map_rows(state, rows, cache, HYPOTHESIS_FIELDS + ("keys",))
 
 
@@ -163,10 +162,9 @@ def _guided_logprobs(program: Program, outputs: Members, w_implicit, w_explicit)
     return base, guided, ratio
 
 
-def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops: Stops, layers: Members,
+def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops: Stops,
                 state: DecodeState) -> DecodeState:
-    """One new token for every row R. w_implicit [R, G], w_explicit [R]; layers: per member, one weight dict
-    per layer or None (see `Program.layer_copies`)."""
+    """One new token for every row R. w_implicit [R, G], w_explicit [R]."""
     base, guided, ratio = _guided_logprobs(program, state.outputs, w_implicit, w_explicit)
     token = sample(step_keys(state.keys, state.step), guided, program.sampling)
     active = ~state.done & (state.step < program.max_new_tokens)
@@ -187,8 +185,8 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
     log_ratio = jnp.where(active, at_token(guided_t) - at_token(base_t), 0.0)
     kl = jnp.where(active, jnp.sum(jnp.exp(guided_t) * (guided_t - base_t), axis=-1), 0.0)
 
-    stepped = program.graphdefs.map(lambda g, p, c, ls: extend(g, p, token[:, None], active[:, None], c, ls),
-                                    params, state.caches, layers)  # (out [R, 1, V], cache) per member
+    stepped = program.graphdefs.map(lambda g, p, c: extend(g, p, token[:, None], active[:, None], c), params,
+                                    state.caches)  # (out [R, 1, V], cache) per member
     stop_state, stopped = advance(stops, state.stop_state, token, active)
     col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
     return dataclasses.replace(
@@ -267,18 +265,11 @@ def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeStat
     return _constrain_rows(program, state)
 
 
-def _layers(program: Program, params: Members) -> Members:
-    """Per member: one weight dict per layer (`unstack_layers`), or None to slice the stacked weights."""
-    return params.map(unstack_layers if program.layer_copies else lambda p: None)
-
-
-def _run_chunk(program: Program, params: Members, inputs: Inputs, state: DecodeState,
-               layers: Members | None = None) -> DecodeState:
+def _run_chunk(program: Program, params: Members, inputs: Inputs, state: DecodeState) -> DecodeState:
     """L token steps; the per-prompt weights [P, G] and [P] are expanded to the prompts' rows."""
     rows = jnp.repeat(jnp.arange(inputs.w_explicit.shape[0]), program.width)
-    layers = layers if layers is not None else _layers(program, params)
     step = functools.partial(_token_step, program, params, jnp.take(inputs.w_implicit, rows, axis=0),
-                             jnp.take(inputs.w_explicit, rows, axis=0), inputs.stops, layers)
+                             jnp.take(inputs.w_explicit, rows, axis=0), inputs.stops)
     state, _ = jax.lax.scan(lambda s, _: (step(s), None), state, None, length=program.chunk_length)
     return state
 
@@ -291,12 +282,11 @@ def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("program",))
 def run(program: Program, params: Members, inputs: Inputs):
     """The whole search -> the final `DecodeState` (rows R = P·W·K) and the best row of each prompt [P]."""
-    layers = _layers(program, params)  # once, outside the loops
-    chunk = functools.partial(_run_chunk, program, params, inputs, layers=layers)
-    state = chunk(state=_init_state(program, params, inputs))
+    chunk = functools.partial(_run_chunk, program, params, inputs)
+    state = chunk(_init_state(program, params, inputs))
     state = jax.lax.while_loop(
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
-        lambda s: chunk(state=_select(program, s)[0]), state)
+        lambda s: chunk(_select(program, s)[0]), state)
     return state, _best_rows(program, chunk_scores(program, state))
 
 
@@ -393,7 +383,7 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=_pad_id(base), n_stop_strings=stops.n_strings,
-        mesh=mesh, layer_copies=jax.default_backend() == "cpu")
+        mesh=mesh)
     return Plan(program=program, models=models, templates=templates, guidance=guidance, host_kind=host_kind,
                 n_real=len(prompts), stop_strings=tuple(stop_strings), stops=stops, tokenizer=base.tokenizer)
 

@@ -18,7 +18,7 @@ from ivg_jax.decoding.sampling import Sampling, row_keys, sample, step_keys
 from ivg_jax.decoding.stops import stop_token_ids
 from ivg_jax.errors import InputError
 from ivg_jax.model.api import Model
-from ivg_jax.model.transformer import extend, prefill, unstack_layers
+from ivg_jax.model.transformer import extend, prefill
 
 
 @dataclasses.dataclass
@@ -31,15 +31,13 @@ class Completion:
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "sampling"))
 def _sample_loop(graphdef, params, ids, mask, keys, stop_ids, pad_id, max_new_tokens: int, sampling: Sampling):
     logits, cache = prefill(graphdef, params, ids, mask, capacity=ids.shape[1] + max_new_tokens, last_only=True)
-    # per-layer weight copies, once (see ivg_jax.decoding.engine.Program.layer_copies)
-    layers = unstack_layers(params) if jax.default_backend() == "cpu" else None
 
     def body(carry, t):
         logits, cache, done = carry
         token = sample(step_keys(keys, t), logits, sampling)
         token = jnp.where(done, pad_id, token)
         finished = done | jnp.isin(token, stop_ids)
-        out, cache = extend(graphdef, params, token[:, None], ~done[:, None], cache, layers)
+        out, cache = extend(graphdef, params, token[:, None], ~done[:, None], cache)
         return (out[:, 0], cache, finished), (token, ~done)
 
     done = jnp.zeros(ids.shape[0], bool)

@@ -92,13 +92,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def cache_dtype(dtype):
-    """The KV cache's dtype for a model of `dtype`: float32 on CPU, where XLA's batched attention dots in bf16
-    take a slow path (~4x slower than float32 at GPT-2-small decode shapes, the cache upcast included); the
-    model's own dtype elsewhere."""
-    return jnp.float32 if jax.default_backend() == "cpu" else dtype
-
-
 def visible(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
     """[B, T, S] which keys each query sees: a real key, not in the future, inside the sliding window."""
     q = q_pos[:, :, None]
@@ -151,9 +144,6 @@ class Attention(nnx.Module):
         b, t, _ = x.shape
         g = cfg.n_heads // cfg.n_kv_heads
         q, k, v = self.project(x, positions, inv_freq)
-        if cache_k is not None and cache_k.dtype != q.dtype:
-            # A float32 cache under bf16 weights (XLA:CPU, see `cache_dtype`): attention runs in float32.
-            q, k, v = (a.astype(cache_k.dtype) for a in (q, k, v))
         q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
         scores = einsum("btkgh,bskh->bkgts", q, k, jnp.float32)
         mask = visible(positions, positions, cfg.sliding_window)
@@ -162,7 +152,7 @@ class Attention(nnx.Module):
             scores = jnp.concatenate([cached, scores], axis=-1)
             mask = jnp.concatenate([visible(positions, cache_pos, cfg.sliding_window), mask], axis=-1)
         scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
-        probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+        probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         # Each dot writes in its natural (b, k, g, t, h) order and one small transpose follows: asking the dot
         # for btkgh directly made XLA:CPU's batched dot over the cache ~10x slower at decode shapes.
         if cache_k is not None:

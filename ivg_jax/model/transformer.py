@@ -15,7 +15,7 @@ from flax import nnx
 from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
-from ivg_jax.model.layers import Block, Norm, _param, cache_dtype, rope_inverse_frequencies
+from ivg_jax.model.layers import Block, Norm, _param, rope_inverse_frequencies
 
 
 class Transformer(nnx.Module):
@@ -45,14 +45,8 @@ class Transformer(nnx.Module):
             self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0,
-               trunk: jax.Array | None = None, layers: tuple | None = None):
-        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, Nkv, T, H]
-        (one [B, Nkv, T, H] per layer with a cache).
-
-        With a cache (decoding) the blocks run as an unrolled loop over layers, each reading its own cache
-        array, with `layers` (`unstack_layers`: one weight dict per layer, made once per decode program) or
-        slices of the stacked weights. A `lax.scan` over stacked weights made XLA:CPU copy every layer's weights
-        and cache slice at every step (GPT-2-small, 16 rows: 100 -> 65 ms fp32, 220 -> 75 ms bf16 per step).
+               trunk: jax.Array | None = None):
+        """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, Nkv, T, H].
 
         `frozen_layers` > 0 (training without a cache) runs the bottom blocks as their own scan and stops the
         gradient at its output, so backpropagation never enters them: top-N-block training costs a forward of
@@ -71,17 +65,9 @@ class Transformer(nnx.Module):
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
             return x, (k, v)
 
-        if cache is not None:
-            if layers is None:
-                layers = [jax.tree.map(lambda a, i=i: a[i], block_params) for i in range(self.cfg.n_layers)]
-            x, ks, vs = self.embed_tokens(tokens, positions), [], []
-            for params, cache_k, cache_v in zip(layers, cache.k, cache.v):
-                x, k, v = nnx.merge(graphdef, params)(x, positions, inv_freq, cache_k, cache_v, cache.pos)
-                ks.append(k)
-                vs.append(v)
-            return self.final_norm(x), tuple(ks), tuple(vs)
         if not frozen_layers:
-            x, (k, v) = jax.lax.scan(layer, self.embed_tokens(tokens, positions), (block_params, None, None))
+            scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
+            x, (k, v) = jax.lax.scan(layer, self.embed_tokens(tokens, positions), scanned)
             return self.final_norm(x), k, v
         top = jax.tree.map(lambda a: a[frozen_layers:], block_params)
         kv_bottom = None
@@ -125,17 +111,9 @@ class Transformer(nnx.Module):
             w = self.lm_head[...]
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
-        h, k, v = self.hidden(tokens, positions, cache, layers=layers)
+    def __call__(self, tokens, positions, cache: KVCache | None = None):
+        h, k, v = self.hidden(tokens, positions, cache)
         return self.head(h), k, v
-
-
-def unstack_layers(params: dict) -> tuple[dict, ...]:
-    """The stacked block weights as one weight dict per layer ([layers, ...] -> layers x [...]): copies, made once
-    per decode program (inside it, so they live only while it runs) and passed to every `extend`."""
-    blocks = params["blocks"]
-    n = jax.tree.leaves(blocks)[0].shape[0]
-    return tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n))
 
 
 def positions_from_mask(mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
@@ -170,20 +148,19 @@ def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int,
     positions = positions_from_mask(mask)
     h, k, v = model.hidden(tokens, positions)
     out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
-    cache = KVCache.zeros(cfg.n_layers, tokens.shape[0], capacity, cfg.n_kv_heads, cfg.head_dim, cache_dtype(k.dtype))
+    cache = KVCache.zeros(cfg.n_layers, tokens.shape[0], capacity, cfg.n_kv_heads, cfg.head_dim, k.dtype)
     return out, cache.write(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache, layers: tuple | None = None):
+def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache):
     """Appends T tokens per row (T=1 is a decode step) and returns their outputs and the updated cache.
 
-    tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see. `layers`:
-    `unstack_layers(params)`, when a loop of steps made it once (otherwise each call slices the stacked weights).
+    tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see.
     """
     model = nnx.merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
-    out, k, v = model(tokens, positions, cache, layers)
+    out, k, v = model(tokens, positions, cache)
     return out, cache.write(k, v, positions)
 
 
