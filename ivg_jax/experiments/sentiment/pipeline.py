@@ -597,12 +597,23 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
         import ivg_jax
 
         for split in ("train", "val"):
-            check(shell, prompts[split], ivg_jax.Guidance(base_template=cfg.guide_template),
-                  max_new_tokens=cfg.max_new_tokens)
+            with _naming(f"{split} prompts (sampling)"):
+                check(shell, prompts[split], ivg_jax.Guidance(base_template=cfg.guide_template),
+                      max_new_tokens=cfg.max_new_tokens)
     if "decode" in stages:
         for method in cfg.method_list:
             guidance, search = method_setup(cfg, _Shells(shell), method)
-            check(shell, prompts["test"], guidance, search, cfg.max_new_tokens)
+            with _naming(f"test prompts ({method})"):
+                check(shell, prompts["test"], guidance, search, cfg.max_new_tokens)
+
+
+@contextlib.contextmanager
+def _naming(where: str):
+    """Prefixes an InputError with the part of the run it concerns (which split, which method)."""
+    try:
+        yield
+    except InputError as e:
+        raise InputError(f"{where}: {e}") from None
 
 
 def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = True,
