@@ -28,7 +28,9 @@ def _parse_bool(text: str) -> bool:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), help_text: dict | None = None,
-                        required=()) -> None:
+                        required=(), shown_defaults: dict | None = None) -> None:
+    """One flag per dataclass field. `shown_defaults`: help text replacing a field's printed default (a preset
+    that changes it)."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if field.name in skip:
@@ -42,6 +44,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), help_text
             parse = (lambda p: lambda text: None if text.lower() == "none" else p(text))(parse)
         note = (help_text or {}).get(field.name, "")
         shown = f" (default: {default})" if has_default and default not in (None, "") else ""
+        if shown_defaults and field.name in shown_defaults:
+            shown = f" (default: {shown_defaults[field.name]})"
         # Required fields may also come from a config file, so argparse does not enforce them; the dataclass does.
         parser.add_argument(flag, dest=field.name, type=parse, default=default, required=field.name in required,
                             help=f"{note}{shown}".strip() if has_default else f"{note} (required)".strip(),

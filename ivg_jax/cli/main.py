@@ -143,7 +143,9 @@ def parser() -> argparse.ArgumentParser:
                    help="fast: the README's main job, minutes on 2 CPUs; full: the experiment; smoke: tiny sizes, "
                         "a check that everything runs (default: fast)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
-    add_dataclass_flags(p, SentimentConfig, skip=("run_dir",), help_text=SENTIMENT_HELP)
+    add_dataclass_flags(p, SentimentConfig, skip=("run_dir",), help_text=SENTIMENT_HELP,
+                        shown_defaults={k: f"{v} in the fast preset, {getattr(SentimentConfig, k)} in the full one"
+                                        for k, v in PRESETS["fast"].items()})
     p.add_argument("--run-dir", dest="run_dir", default=None,
                    help="directory of every stage's outputs; rerun to resume (default: runs/sentiment-<preset>)")
     _common(p)
