@@ -374,11 +374,10 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
     """Every check of a call, before anything compiles -> its `Plan`."""
     sampling = sampling or Sampling()
     search = search or Search()
-    models, templates, guidance, host_kind = _settle(base, prompts, guidance, search, max_new_tokens)
+    models, templates, guidance, host_kind, in_graph = _settle(base, prompts, guidance, search, max_new_tokens)
     chunks, length = n_chunks(search, max_new_tokens)
     stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
                         base.config.vocab_size)
-    in_graph = _in_graph(guidance, host_kind)
     program = Program(
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
@@ -394,7 +393,8 @@ def _pad_id(base: Model) -> int:
 
 def _settle(base: Model, prompts, guidance: Guidance | None, search: Search, max_new_tokens: int):
     """Validated settings -> (Model per in-graph member, template per member, the guidance as given minus unused
-    guides, the chunk-level kind scored on the host or None). Needs configs and tokenizers only."""
+    guides, the chunk-level kind scored on the host or None, the guidance the program runs). Needs configs and
+    tokenizers only."""
     guidance = guidance or Guidance()
     validate(base, guidance, search, max_new_tokens)
     guidance = _used_guides(guidance)
@@ -409,7 +409,7 @@ def _settle(base: Model, prompts, guidance: Guidance | None, search: Search, max
     templates = Members(in_graph.base_template, tuple(g.templates[0] for g in in_graph.implicit),
                         tuple(g.templates[1] for g in in_graph.implicit),
                         explicit.template if explicit is not None else None)
-    return models, templates, guidance, host_kind
+    return models, templates, guidance, host_kind, in_graph
 
 
 def _in_graph(guidance: Guidance, host_kind: str | None) -> Guidance:
@@ -452,14 +452,13 @@ def encode_inputs(call: Plan, prompts, seed=0, implicit_weights=None, explicit_w
     w_exp = per_prompt_weights(
         explicit_weight if explicit_weight is not None else (guidance.explicit.weight if explicit else 0.0),
         n_real, "explicit weight")
-    n_members, g, v = len(call.models), call.models.n_implicit, call.models.has_value
+    g, v = call.models.n_implicit, call.models.has_value
     inputs = Inputs(
         ids=Members.of(ids, g, v), masks=Members.of(masks, g, v),
         w_implicit=put(_pad_rows(w_imp, n_prompts), ("batch", None), mesh),
         w_explicit=put(_pad_rows(w_exp, n_prompts), ("batch",), mesh),
         seeds=put(_pad_rows(_prompt_seeds(seed, n_real), n_prompts), ("batch", None), mesh),
         stops=jax.tree.map(lambda a: put(a, (None,) * a.ndim, mesh), call.stops))
-    assert len(ids) == n_members
     return inputs, prompt_tokens, w_host
 
 
@@ -492,7 +491,7 @@ def preflight(base: Model, prompts, guidance: Guidance | None = None, search: Se
     against each model's context — on models that need only configs and tokenizers (`ivg_jax.loading.
     inspect_model`), so a job refuses bad input before it loads any weights."""
     search = search or Search()
-    models, templates, _, _ = _settle(base, prompts, guidance, search, max_new_tokens)
+    models, templates, *_ = _settle(base, prompts, guidance, search, max_new_tokens)
     chunks, length = n_chunks(search, max_new_tokens)
     for _ in _encode_members(models, templates, list(prompts), chunks * length, _pad_id(base)):
         pass

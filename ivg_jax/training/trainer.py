@@ -378,10 +378,11 @@ class _Window:
         return line
 
 
-def _progress(enabled: bool, start: int, total: int):
+def _progress(enabled: bool, start: int, total: int, desc: str | None = None, unit: str = "step"):
+    """The training steps' bar, or (`unit="example"`) a one-off pass's before the first step."""
     from ivg_jax.progress import tqdm
 
-    return tqdm(total=total, initial=start, disable=not enabled or jax.process_index() != 0, unit="step",
+    return tqdm(total=total, initial=start, desc=desc, disable=not enabled or jax.process_index() != 0, unit=unit,
                 dynamic_ncols=True)
 
 
@@ -425,7 +426,7 @@ def attach_trunk(model: Model, n_layers: int, examples, batch_size: int, pad_id:
     from ivg_jax.sharding import put
 
     rules_kw = {} if rules is None else {"rules": rules}
-    bar = _stage_bar(progress, len(examples), "frozen blocks (once)")
+    bar = _progress(progress, 0, len(examples), "frozen blocks (once)", unit="example")
     for i, (batch, n) in enumerate(data_lib.fixed_batches(examples, batch_size, pad_id)):
         tokens, mask = (put(batch[k], ("batch", None), mesh, **rules_kw) for k in ("tokens", "mask"))
         hidden = to_host(trunk_forward(model.graphdef, model.params, tokens, mask, n_layers))  # [n_seq * B, T, D]
@@ -434,13 +435,6 @@ def attach_trunk(model: Model, n_layers: int, examples, batch_size: int, pad_id:
         bar.update(n)
     bar.close()
 
-
-def _stage_bar(enabled: bool, total: int, desc: str):
-    """A progress bar for the one-off passes before the first step (minutes for thousands of examples)."""
-    from ivg_jax.progress import tqdm
-
-    return tqdm(total=total, desc=desc, disable=not enabled or jax.process_index() != 0, unit="example",
-                dynamic_ncols=True)
 
 
 def _attach_reference(fns, ref_model: Model, train_examples, val_examples, batch_size: int, pad_id: int,
@@ -455,7 +449,7 @@ def _attach_reference(fns, ref_model: Model, train_examples, val_examples, batch
                                   f"{len(examples)}; delete it to recompute")
     else:
         logps = np.zeros((len(examples), 2), np.float32)
-        bar = _stage_bar(progress, len(examples), "reference log-probs (once)")
+        bar = _progress(progress, 0, len(examples), "reference log-probs (once)", unit="example")
         for i, (batch, n) in enumerate(data_lib.fixed_batches(examples, batch_size, pad_id)):
             out = to_host(fns.reference(ref_model.params, fns.batch_sharding(batch)))
             b = len(out) // 2

@@ -601,8 +601,9 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
                 check(shell, prompts[split], ivg_jax.Guidance(base_template=cfg.guide_template),
                       max_new_tokens=cfg.max_new_tokens)
     if "decode" in stages:
+        shells = _Shells(shell)
         for method in cfg.method_list:
-            guidance, search = method_setup(cfg, _Shells(shell), method)
+            guidance, search = method_setup(cfg, shells, method)
             with _naming(f"test prompts ({method})"):
                 check(shell, prompts["test"], guidance, search, cfg.max_new_tokens)
 
