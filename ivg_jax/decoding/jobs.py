@@ -20,15 +20,13 @@ import zlib
 from pathlib import Path
 
 from ivg_jax import jsonl
-from ivg_jax.errors import InputError, check_template, require_dtype, require_positive
-from ivg_jax.guidance import Search, guidance_for
-
-MODES = ("none", "implicit", "explicit")
+from ivg_jax.decoding.settings import DecodeSettings
+from ivg_jax.errors import InputError, require_dtype
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeJobConfig:
-    """A dataset decode job (the `ivg decode` command)."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeJobConfig(DecodeSettings):
+    """A dataset decode job (the `ivg decode` command): the decode settings, the models and the files."""
 
     input: str
     output: str
@@ -36,20 +34,6 @@ class DecodeJobConfig:
     tuned: str = ""  # implicit guide: DPO-tuned model ...
     reference: str = ""  # ... and its reference
     value: str = ""  # explicit guide: token-value model
-    token: str = "none"
-    chunk: str = "none"
-    beams: int = 1
-    candidates: int = 1
-    chunk_length: int | None = None
-    temperature: float = 0.7
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 50
-    implicit_weight: float = 1.0
-    explicit_weight: float = 1.0
-    base_template: str = "{prompt}"
-    guide_template: str = "{prompt}"
-    stop: str = ""
     prompt_field: str = "prompt"
     id_field: str = "id"
     batch_size: int = 8
@@ -59,8 +43,7 @@ class DecodeJobConfig:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.token not in MODES or self.chunk not in MODES:
-            raise InputError(f"token and chunk must be one of {MODES}; got token={self.token!r}, chunk={self.chunk!r}")
+        super().__post_init__()
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1; got {self.batch_size}")
         if "implicit" in (self.token, self.chunk) and not (self.tuned and self.reference):
@@ -69,19 +52,7 @@ class DecodeJobConfig:
             raise InputError("explicit guidance needs a --value model path")
         if self.num_shards is not None and self.num_shards < 1:
             raise InputError(f"num_shards must be >= 1 (or unset: one shard per process); got {self.num_shards}")
-        require_positive(self, ("beams", "candidates", "max_new_tokens"))
-        if self.chunk_length is not None and self.chunk_length < 1:
-            raise InputError(f"chunk_length must be >= 1 (or unset); got {self.chunk_length}")
-        check_template(self.base_template, "base_template")
-        check_template(self.guide_template, "guide_template")
         require_dtype(self.dtype)
-        _ = self.sampling  # refuses bad sampling values here, before any model loads
-
-    @property
-    def sampling(self):
-        from ivg_jax.decoding.sampling import Sampling
-
-        return Sampling(self.temperature, top_k=self.top_k, top_p=self.top_p)
 
     def config_hash(self) -> str:
         """Hash of every setting that changes a prompt's result (not paths of files, batching or sharding)."""
@@ -183,15 +154,9 @@ def _models(cfg: DecodeJobConfig, progress: bool = False, weights: bool = True):
     else:
         load = inspect_model
     base = load(cfg.model or str(default_model_path()))
-    guidance = guidance_for(cfg.token, cfg.chunk, tuned=lambda: load(cfg.tuned),
-                            reference=lambda: load(cfg.reference), value=lambda: load(cfg.value),
-                            implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
-                            guide_template=cfg.guide_template, base_template=cfg.base_template)
+    guidance = cfg.guidance(tuned=lambda: load(cfg.tuned), reference=lambda: load(cfg.reference),
+                            value=lambda: load(cfg.value))
     return base, guidance
-
-
-def _search(cfg: DecodeJobConfig) -> Search:
-    return Search(cfg.beams, cfg.candidates, cfg.chunk_length)
 
 
 def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
@@ -212,10 +177,8 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
         if pending:
             # Prompts, templates, vocabularies and context lengths against every model's tokenizer and config,
             # before any weights load (minutes for a 7B base).
-            from ivg_jax.decoding.engine import preflight
-
             base, guidance = _models(cfg, weights=False)
-            preflight(base, [p for _, p in pending], guidance, _search(cfg), cfg.max_new_tokens)
+            cfg.preflight(base, [p for _, p in pending], guidance)
             _decode_into(f, cfg, digest, pending, len(prompts), progress)
     return path
 
@@ -223,20 +186,15 @@ def run_decode_job(cfg: DecodeJobConfig, progress: bool = True) -> Path:
 def _decode_into(f, cfg: DecodeJobConfig, digest: str, pending: list[tuple[str, str]], total: int,
                  progress: bool) -> None:
     """Appends one line per pending prompt, a batch at a time (flushed and fsynced: a kill loses one batch)."""
-    import ivg_jax
+    from ivg_jax.progress import tqdm
 
     base, guidance = _models(cfg, progress)
-    search = _search(cfg)
-    sampling = cfg.sampling
-    from ivg_jax.progress import tqdm
 
     bar = tqdm(total=total, initial=total - len(pending), disable=not progress, unit="prompt")
     for start in range(0, len(pending), cfg.batch_size):
         batch = pending[start:start + cfg.batch_size]
         seeds = [zlib.crc32(f"{cfg.seed}:{pid}".encode()) % 2**31 for pid, _ in batch]
-        out = ivg_jax.generate(base, [p for _, p in batch], guidance, search, sampling,
-                               max_new_tokens=cfg.max_new_tokens, seed=seeds,
-                               stop_strings=[cfg.stop] if cfg.stop else [])
+        out = cfg.decode(base, [p for _, p in batch], guidance, seeds)
         lines = [json.dumps({"id": pid, "prompt": p, "output": out.texts[i], "score": float(out.scores[i]),
                              "kl": float(out.kl[i].sum()), "new_tokens": int(out.lengths[i]),
                              "forward_tokens": float(out.forward_tokens_per_prompt[i]), "config": digest})

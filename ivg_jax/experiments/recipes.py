@@ -21,12 +21,15 @@ import tempfile
 from pathlib import Path
 
 from ivg_jax import jsonl
+from ivg_jax.decoding.settings import DecodeSettings
 from ivg_jax.errors import InputError, require_dtype
-from ivg_jax.guidance import guidance_for
 
 
-@dataclasses.dataclass(frozen=True)
-class Recipe:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recipe(DecodeSettings):
+    """A task's decode settings (IVG by default: implicit at token level, explicit picking W=4 x K=4 chunks of
+    L=5) with its models, the record -> prompt template and the output format."""
+
     name: str
     task: str
     base: str
@@ -34,20 +37,11 @@ class Recipe:
     reference: str | None = None  # ... and its reference
     value: str | None = None  # explicit guide: a token-level value model
     record_template: str = "{prompt}"  # JSONL record fields -> the raw prompt x
-    base_template: str = "{prompt}"
-    guide_template: str = "{prompt}"
     token: str = "implicit"
     chunk: str = "explicit"
     beams: int = 4
     candidates: int = 4
-    chunk_length: int = 5
-    temperature: float = 0.7
-    top_k: int | None = None
-    top_p: float | None = None
-    max_new_tokens: int = 50
-    implicit_weight: float = 1.0
-    explicit_weight: float = 1.0
-    stop_strings: tuple[str, ...] = ()
+    chunk_length: int | None = 5
     output_format: str = "jsonl"  # or "alpaca_eval"
     notes: str = ""
 
@@ -71,7 +65,7 @@ RECIPES = {
         name="tldr_gpt2", task="summarization (TL;DR)", base="openai-community/gpt2-xl",
         tuned="runs/gpt2-tldr-dpo/export", reference="openai-community/gpt2", value="runs/gpt2-tldr-value/export",
         record_template="SUBREDDIT: r/{subreddit}\nTITLE: {title}\nPOST: {post}\nTL;DR:", max_new_tokens=128,
-        implicit_weight=0.25, stop_strings=("\n",),
+        implicit_weight=0.25, stop="\n",
         notes="guides: GPT-2 DPO / value models trained on the TL;DR comparisons; the judge is a reward model."),
     "alpaca_eval_mistral": Recipe(name="alpaca_eval_mistral", base="mistralai/Mistral-7B-Instruct-v0.2",
                                   base_template="[INST] {prompt} [/INST]", **_ALPACA),
@@ -98,16 +92,9 @@ def read_prompts(path: str | Path, recipe: Recipe, limit: int | None = None) -> 
 
 
 def build(recipe: Recipe, models: dict):
-    """-> (Guidance, Search, Sampling) with the loaded `models` {"tuned", "reference", "value"} (None if unused)."""
-    import ivg_jax
-
-    guidance = guidance_for(recipe.token, recipe.chunk, tuned=lambda: models["tuned"],
-                            reference=lambda: models["reference"], value=lambda: models["value"],
-                            implicit_weight=recipe.implicit_weight, explicit_weight=recipe.explicit_weight,
-                            guide_template=recipe.guide_template, base_template=recipe.base_template)
-    search = ivg_jax.Search(recipe.beams, recipe.candidates, recipe.chunk_length)
-    sampling = ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)
-    return guidance, search, sampling
+    """-> Guidance with the loaded `models` {"tuned", "reference", "value"} (None if unused)."""
+    return recipe.guidance(tuned=lambda: models["tuned"], reference=lambda: models["reference"],
+                           value=lambda: models["value"])
 
 
 def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path, model_paths: dict | None = None,
@@ -129,24 +116,19 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
     require_dtype(dtype)
     records, prompts = read_prompts(prompts_path, recipe, limit)
     sources = {k: (model_paths or {}).get(k) or getattr(recipe, k) for k in ("base", "tuned", "reference", "value")}
-    needed = {"base"} | ({"tuned", "reference"} if "implicit" in (recipe.token, recipe.chunk) else set()) | (
-        {"value"} if "explicit" in (recipe.token, recipe.chunk) else set())
+    needed = {"base", *recipe.roles}
     missing = [k for k in sorted(needed) if not sources[k]]
     if missing:
         raise InputError(f"recipe {recipe.name} needs models for {missing}; pass their paths")
-    ivg_jax.Sampling(recipe.temperature, top_k=recipe.top_k, top_p=recipe.top_p)  # refused here, not after loading
     output_path = Path(output_path)
     with _output_slot(output_path) as tmp:
         # Prompts, templates, vocabularies and context lengths against tokenizers and configs before any weights.
-        from ivg_jax.decoding.engine import preflight
         from ivg_jax.loading import inspect_model
 
         shells = {k: inspect_model(sources[k]) for k in needed}
-        guidance, search, _ = build(recipe, {k: shells.get(k) for k in ("tuned", "reference", "value")})
-        preflight(shells["base"], prompts, guidance, search, recipe.max_new_tokens)
+        recipe.preflight(shells["base"], prompts, build(recipe, shells))
         models = {k: ivg_jax.load_model(sources[k], dtype=dtype, progress=progress) for k in needed}
-        guidance, search, sampling = build(recipe, {k: models.get(k) for k in ("tuned", "reference", "value")})
-        outputs = _decode(recipe, models["base"], prompts, guidance, search, sampling, batch_size, seed, progress)
+        outputs = _decode(recipe, models["base"], prompts, build(recipe, models), batch_size, seed, progress)
         generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"
         if recipe.output_format == "alpaca_eval":
             text = json.dumps([{"instruction": p, "output": o, "generator": generator}
@@ -175,16 +157,13 @@ def _output_slot(path: Path):
         raise
 
 
-def _decode(recipe: Recipe, base, prompts: list[str], guidance, search, sampling, batch_size: int, seed: int,
+def _decode(recipe: Recipe, base, prompts: list[str], guidance, batch_size: int, seed: int,
             progress: bool) -> list[str]:
-    import ivg_jax
     from ivg_jax.progress import tqdm
 
     outputs = []
     for start in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=recipe.name):
         chunk = prompts[start:start + batch_size]
-        out = ivg_jax.generate(base, chunk, guidance, search, sampling, max_new_tokens=recipe.max_new_tokens,
-                               seed=[seed + start + i for i in range(len(chunk))],
-                               stop_strings=list(recipe.stop_strings))
+        out = recipe.decode(base, chunk, guidance, [seed + start + i for i in range(len(chunk))])
         outputs += [t.strip() for t in out.texts]
     return outputs

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ivg_jax.errors import InputError, check_template, require_dtype, require_positive
-from ivg_jax.guidance import guidance_for
+from ivg_jax.decoding.settings import DecodeSettings
+from ivg_jax.errors import InputError, require_dtype, require_positive
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
 # The issue's grid (run by default) and two baselines given IVG's compute: IVG runs four models (base, tuned,
@@ -97,9 +97,9 @@ class SentimentConfig:
         require_positive(self, ("n_train", "n_val", "n_test", "samples_per_prompt", "max_new_tokens", "beams",
                                 "candidates", "chunk_length", "bon_n", "train_batch_size", "sample_batch",
                                 "decode_batch"))
-        check_template(self.base_template, "base_template")
-        check_template(self.guide_template, "guide_template")
         require_dtype(self.dtype)
+        for method in self.method_list:
+            self.decode_settings(method)  # templates, stop string and sampling, checked once, where decoding does
         if self.dpo_pairs not in PAIR_SCHEMES:
             raise InputError(f"dpo_pairs must be one of {', '.join(PAIR_SCHEMES)}; got {self.dpo_pairs!r}")
         if self.samples_per_prompt < 2:
@@ -122,6 +122,33 @@ class SentimentConfig:
     def matched_bon_n(self) -> int:
         """N of best-of-N at IVG's compute (two models over 2 W K rows)."""
         return self.beams * self.matched_candidates
+
+    @property
+    def sample_settings(self) -> DecodeSettings:
+        """The data collection's: the base sampled plainly, prompted as the guides are (so the pairs and values
+        they learn from are in their own prompt format)."""
+        return DecodeSettings(temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
+                              base_template=self.guide_template, stop=self.stop_string)
+
+    def decode_settings(self, method: str) -> DecodeSettings:
+        """The test-set decode of one method of the grid."""
+        beam = (self.beams, self.candidates, self.chunk_length)
+        token, chunk, (beams, candidates, chunk_length) = {
+            "base": ("none", "none", (1, 1, None)),
+            "bon": ("none", "explicit", (1, self.bon_n, None)),  # best-of-N: one chunk of the whole budget
+            "eft": ("implicit", "none", (1, 1, None)),
+            "cbs_implicit": ("none", "implicit", beam),
+            "cbs_explicit": ("none", "explicit", beam),
+            "ivg": ("implicit", "explicit", beam),
+            "ivg_reversed": ("explicit", "implicit", beam),
+            "bon_matched": ("none", "explicit", (1, self.matched_bon_n, None)),
+            "cbs_explicit_matched": ("none", "explicit", (self.beams, self.matched_candidates, self.chunk_length)),
+        }[method]
+        return DecodeSettings(token=token, chunk=chunk, beams=beams, candidates=candidates,
+                              chunk_length=chunk_length, temperature=self.temperature,
+                              max_new_tokens=self.max_new_tokens, implicit_weight=self.implicit_weight,
+                              explicit_weight=self.explicit_weight, base_template=self.base_template,
+                              guide_template=self.guide_template, stop=self.stop_string)
 
     def label(self, method: str) -> str:
         return METHOD_LABELS[method].format(n=self.bon_n, n_matched=self.matched_bon_n,
@@ -315,12 +342,13 @@ def _in_parts(parts_dir: Path, items: Sequence, batch: int, desc: str, progress:
 # -------------------------------------------------------------------------------------------------- stages
 
 def stage_sample(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
-    import ivg_jax
     from ivg_jax.evaluation.sentiment import VaderReward
 
     gold = VaderReward()
     base = models.base()
     n = cfg.samples_per_prompt
+    settings = cfg.sample_settings
+    guidance = settings.guidance()
     summary = {}
     for split in ("train", "val"):
         prompts = load_prompts(cfg, split)
@@ -328,9 +356,7 @@ def stage_sample(cfg: SentimentConfig, models: Models, progress: bool = True) ->
         def work(first: int, chunk: Sequence[str], split=split) -> list[dict]:
             rows = [p for p in chunk for _ in range(n)]
             seeds = [_hash_seed(cfg.seed, split, first + i // n, i % n) % 2**31 for i in range(len(rows))]
-            out = ivg_jax.generate(base, rows, ivg_jax.Guidance(base_template=cfg.guide_template),
-                                   sampling=ivg_jax.Sampling(cfg.sample_temperature),
-                                   max_new_tokens=cfg.max_new_tokens, seed=seeds, stop_strings=[cfg.stop_string])
+            out = settings.decode(base, rows, guidance, seeds)
             rewards = gold([p + t for p, t in zip(rows, out.texts)])
             ended = (out.lengths < cfg.max_new_tokens).tolist()
             return [{"prompt": p, "responses": out.texts[i * n:(i + 1) * n],
@@ -428,30 +454,12 @@ def _stage_train(objective: str):
 
 
 def method_setup(cfg: SentimentConfig, models: Models, method: str):
-    """-> (Guidance, Search) of one method of the grid."""
-    import ivg_jax
-
-    beam = ivg_jax.Search(cfg.beams, cfg.candidates, cfg.chunk_length)
-    token, chunk, search = {
-        "base": ("none", "none", ivg_jax.Search()),
-        "bon": ("none", "explicit", ivg_jax.best_of_n(cfg.bon_n)),
-        "eft": ("implicit", "none", ivg_jax.Search()),
-        "cbs_implicit": ("none", "implicit", beam),
-        "cbs_explicit": ("none", "explicit", beam),
-        "ivg": ("implicit", "explicit", beam),
-        "ivg_reversed": ("explicit", "implicit", beam),
-        "bon_matched": ("none", "explicit", ivg_jax.best_of_n(cfg.matched_bon_n)),
-        "cbs_explicit_matched": ("none", "explicit",
-                                 ivg_jax.Search(cfg.beams, cfg.matched_candidates, cfg.chunk_length)),
-    }[method]
-    guidance = guidance_for(token, chunk, tuned=models.tuned, reference=models.base, value=models.value,
-                            implicit_weight=cfg.implicit_weight, explicit_weight=cfg.explicit_weight,
-                            guide_template=cfg.guide_template, base_template=cfg.base_template)
-    return guidance, search
+    """-> (DecodeSettings, Guidance) of one method of the grid; the reference is the untouched base."""
+    settings = cfg.decode_settings(method)
+    return settings, settings.guidance(tuned=models.tuned, reference=models.base, value=models.value)
 
 
 def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
-    import ivg_jax
 
     prompts = load_prompts(cfg, "test")
     for method in cfg.method_list:
@@ -459,12 +467,11 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
         if out_path.exists():
             continue
         with _stopwatch(cfg, f"decode/{method}"):
-            guidance, search = method_setup(cfg, models, method)
+            settings, guidance = method_setup(cfg, models, method)
 
-            def work(first: int, chunk: Sequence[str], guidance=guidance, search=search) -> list[dict]:
+            def work(first: int, chunk: Sequence[str], settings=settings, guidance=guidance) -> list[dict]:
                 seeds = [_hash_seed(cfg.seed, "test", first + i) % 2**31 for i in range(len(chunk))]
-                out = ivg_jax.generate(models.base(), list(chunk), guidance, search, ivg_jax.Sampling(cfg.temperature),
-                                       max_new_tokens=cfg.max_new_tokens, seed=seeds, stop_strings=[cfg.stop_string])
+                out = settings.decode(models.base(), chunk, guidance, seeds)
                 return [{"prompt": p, "text": out.texts[i], "tokens": out.tokens[i, :out.lengths[i]].tolist(),
                          "kl": float(out.kl[i].sum()), "score": float(out.scores[i]),
                          "forward_tokens": float(out.forward_tokens_per_prompt[i])} for i, p in enumerate(chunk)]
@@ -586,7 +593,6 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
     budget against the context, W/K/L) on the base's tokenizer and config alone, before the run directory is
     created or any weights load: a bad setting is one line, and the corrected rerun is not refused as a run with
     other settings."""
-    from ivg_jax.decoding.engine import preflight as check
     from ivg_jax.loading import inspect_model
 
     prompts = {split: load_prompts(cfg, split) for split in ("train", "val", "test")}
@@ -594,18 +600,16 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
         return
     shell = inspect_model(Models(cfg).base_source)
     if "sample" in stages:
-        import ivg_jax
-
+        settings = cfg.sample_settings
         for split in ("train", "val"):
             with _naming(f"{split} prompts (sampling)"):
-                check(shell, prompts[split], ivg_jax.Guidance(base_template=cfg.guide_template),
-                      max_new_tokens=cfg.max_new_tokens)
+                settings.preflight(shell, prompts[split], settings.guidance())
     if "decode" in stages:
         shells = _Shells(shell)
         for method in cfg.method_list:
-            guidance, search = method_setup(cfg, shells, method)
+            settings, guidance = method_setup(cfg, shells, method)
             with _naming(f"test prompts ({method})"):
-                check(shell, prompts["test"], guidance, search, cfg.max_new_tokens)
+                settings.preflight(shell, prompts["test"], guidance)
 
 
 @contextlib.contextmanager
