@@ -41,11 +41,12 @@ from ivg_jax.decoding.prompts import encode
 from ivg_jax.decoding.retokenize import HostChunkScorer
 from ivg_jax.decoding.sampling import Sampling, sample, step_keys
 from ivg_jax.decoding.stops import Stops, advance, build_stops, trim
+from ivg_jax.decoding.trunks import Trunk, shared_trunks
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
-from ivg_jax.model.transformer import extend, prefill
+from ivg_jax.model.transformer import extend, extend_trunk, prefill, prefill_trunk
 from ivg_jax.sharding import constrain, put, shard_params, to_host
 
 
@@ -65,6 +66,7 @@ class Program:
     pad_id: int
     n_stop_strings: int = 0  # S: one match state per row per stop string
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
+    trunks: tuple[Trunk, ...] = ()  # groups of members whose bottom blocks run once (ivg_jax.decoding.trunks)
 
     @property
     def n_implicit(self) -> int:  # G
@@ -81,6 +83,13 @@ class Program:
     @property
     def n_steps(self) -> int:  # N = C·L
         return self.n_chunks * self.chunk_length
+
+    def trunk_of(self, member: int) -> tuple[int, int] | None:
+        """(trunk index, its depth) of the member at this iteration index, or None when it runs alone."""
+        for t, trunk in enumerate(self.trunks):
+            if member in trunk.members:
+                return t, trunk.n_layers
+        return None
 
 
 @jax.tree_util.register_dataclass
@@ -100,7 +109,8 @@ class Inputs:
 @dataclasses.dataclass
 class DecodeState:
     tokens: jax.Array  # [R, N] int32 generated ids, pad after a row's end
-    caches: Members  # one KVCache per member, rows R
+    caches: Members  # one KVCache per member, rows R (a member on a shared trunk: its top blocks only)
+    trunk_caches: tuple  # one KVCache per shared trunk (its bottom blocks), rows R
     outputs: Members  # one [R, V] per member: next-token logits (token values for the value model)
     implicit_score: jax.Array  # [R] Σ_t Σ_i w_i (log π_tuned_i − log π_ref_i)(y_t)
     value: jax.Array  # [R] explicit value of the response so far, S at its last token
@@ -137,6 +147,7 @@ HYPOTHESIS_FIELDS = ("tokens", "implicit_score", "value", "done", "stop_state", 
 def _map_rows(state: DecodeState, fn, cache_fn, fields: tuple[str, ...]) -> DecodeState:
     """Applies `fn` to the named row-axis fields and every model's output, `cache_fn` to every model's cache."""
     return dataclasses.replace(state, caches=state.caches.map(cache_fn), outputs=state.outputs.map(fn),
+                               trunk_caches=tuple(cache_fn(c) for c in state.trunk_caches),
                                **{f: fn(getattr(state, f)) for f in fields})
 
 
@@ -185,14 +196,17 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
     log_ratio = jnp.where(active, at_token(guided_t) - at_token(base_t), 0.0)
     kl = jnp.where(active, jnp.sum(jnp.exp(guided_t) * (guided_t - base_t), axis=-1), 0.0)
 
-    stepped = program.graphdefs.map(lambda g, p, c: extend(g, p, token[:, None], active[:, None], c), params,
-                                    state.caches)  # (out [R, 1, V], cache) per member
+    g, p, c, tok, act = list(program.graphdefs), list(params), list(state.caches), token[:, None], active[:, None]
+    stepped, trunk_caches = _forward_members(  # (out [R, 1, V], cache) per member
+        program, lambda i, start, x: extend(g[i], p[i], tok, act, c[i], from_layer=start, trunk=x),
+        lambda t, first, depth: extend_trunk(g[first], p[first], tok, act, state.trunk_caches[t], n_layers=depth))
     stop_state, stopped = advance(stops, state.stop_state, token, active)
     col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
     return dataclasses.replace(
         state,
         tokens=state.tokens.at[:, col].set(jnp.where(active, token, state.tokens[:, col])),
         caches=stepped.map(lambda x: x[1]),
+        trunk_caches=trunk_caches,
         outputs=stepped.map(lambda x, old: jnp.where(active[:, None], x[0][:, 0], old), state.outputs),
         implicit_score=implicit_score,
         value=value,
@@ -204,6 +218,20 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
         step=state.step + 1,
         work=state.work + jnp.sum(active.reshape(state.work.shape[0], -1), axis=1, dtype=jnp.int32),
     )
+
+
+def _forward_members(program: Program, run_member, run_trunk):
+    """Runs each shared trunk once, then every member — from its trunk's output where it has one.
+
+    `run_trunk(t, first, depth)` -> (trunk output, its cache) runs trunk t's bottom `depth` blocks on the weights of
+    member `first`; `run_member(i, start, x)` -> (output, cache) runs member i from block `start` (0: from its
+    own embedding; x is then None). -> (Members of the members' results, tuple of the trunks' caches)."""
+    trunks = [run_trunk(t, trunk.members[0], trunk.n_layers) for t, trunk in enumerate(program.trunks)]
+    results = []
+    for i in range(len(program.graphdefs)):
+        shared = program.trunk_of(i)
+        results.append(run_member(i, 0, None) if shared is None else run_member(i, shared[1], trunks[shared[0]][0]))
+    return Members.of(results, program.n_implicit, program.has_value), tuple(cache for _, cache in trunks)
 
 
 def chunk_scores(program: Program, state: DecodeState) -> jax.Array:
@@ -245,11 +273,19 @@ def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeStat
     prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(inputs.seeds)
     rows = jnp.repeat(jnp.arange(n_prompts), width)  # [R] each row's prompt
 
-    def prefill_rows(graphdef, p, ids, mask):
-        out, cache = prefill(graphdef, p, ids, mask, capacity=ids.shape[1] + program.n_steps, last_only=True)
-        return jnp.take(out, rows, axis=0), cache.take(rows)  # prefill once per prompt, broadcast to its rows
+    g, p, ids, masks = list(program.graphdefs), list(params), list(inputs.ids), list(inputs.masks)
 
-    prefilled = program.graphdefs.map(prefill_rows, params, inputs.ids, inputs.masks)
+    def member(i, start, x):  # prefill once per prompt, broadcast to its rows
+        out, cache = prefill(g[i], p[i], ids[i], masks[i], capacity=ids[i].shape[1] + program.n_steps,
+                             last_only=True, from_layer=start, trunk=x)
+        return jnp.take(out, rows, axis=0), cache.take(rows)
+
+    def trunk(t, first, depth):  # its output stays per prompt [P, T, D]: the members' prefills read it
+        x, cache = prefill_trunk(g[first], p[first], ids[first], masks[first],
+                                 capacity=ids[first].shape[1] + program.n_steps, n_layers=depth)
+        return x, cache.take(rows)
+
+    prefilled, trunk_caches = _forward_members(program, member, trunk)
     caches, outputs = prefilled.map(lambda x: x[1]), prefilled.map(lambda x: x[0])
     slot = jnp.tile(jnp.arange(width), n_prompts)
     keys = jax.vmap(jax.random.fold_in)(jnp.take(prompt_keys, rows), slot)
@@ -257,7 +293,7 @@ def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeStat
     zeros = jnp.zeros(n_rows, jnp.float32)
     state = DecodeState(
         tokens=jnp.full((n_rows, program.n_steps), program.pad_id, jnp.int32), caches=caches,
-        outputs=outputs, implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
+        trunk_caches=trunk_caches, outputs=outputs, implicit_score=zeros, value=zeros, done=jnp.zeros(n_rows, bool),
         stop_state=jnp.zeros((n_rows, program.n_stop_strings), jnp.int32),
         duplicate=jnp.zeros(n_rows, bool), lengths=jnp.zeros(n_rows, jnp.int32),
         log_ratio=jnp.zeros((n_rows, program.n_steps)), kl=jnp.zeros((n_rows, program.n_steps)), keys=keys,
@@ -378,11 +414,12 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
     chunks, length = n_chunks(search, max_new_tokens)
     stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
                         base.config.vocab_size)
+    encoded = list(_encode_members(models, templates, _bucketed(prompts), chunks * length, _pad_id(base)))
     program = Program(
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=_pad_id(base), n_stop_strings=stops.n_strings,
-        mesh=mesh)
+        mesh=mesh, trunks=shared_trunks(models, encoded))
     return Plan(program=program, models=models, templates=templates, guidance=guidance, host_kind=host_kind,
                 n_real=len(prompts), stop_strings=tuple(stop_strings), stops=stops, tokenizer=base.tokenizer)
 

@@ -56,8 +56,25 @@ class Transformer(nnx.Module):
         """
         if frozen_layers and cache is not None:
             raise InputError("frozen_layers is a training option; it cannot be combined with a KV cache")
+        n = self.cfg.n_layers
+        if not frozen_layers:
+            x, k, v = self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n, cache)
+            return self.final_norm(x), k, v
+        kv_bottom = None
+        if trunk is None:
+            trunk, *kv_bottom = self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, frozen_layers)
+        x, k, v = self.blocks_range(jax.lax.stop_gradient(trunk), positions, frozen_layers, n)
+        if kv_bottom is not None:
+            k, v = jnp.concatenate([kv_bottom[0], k]), jnp.concatenate([kv_bottom[1], v])
+        return self.final_norm(x), k, v
+
+    def blocks_range(self, x: jax.Array, positions: jax.Array, start: int, stop: int, cache: KVCache | None = None):
+        """Blocks [start, stop) (one `lax.scan`) on x [B, T, D] -> (x [B, T, D], not normed; new k and v
+        [stop - start, B, Nkv, T, H]). `cache` holds exactly these blocks' keys and values."""
         inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
+        if (start, stop) != (0, self.cfg.n_layers):
+            block_params = jax.tree.map(lambda a: a[start:stop], block_params)
 
         def layer(x, scanned):
             params, cache_k, cache_v = scanned
@@ -65,19 +82,15 @@ class Transformer(nnx.Module):
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
             return x, (k, v)
 
-        if not frozen_layers:
-            scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
-            x, (k, v) = jax.lax.scan(layer, self.embed_tokens(tokens, positions), scanned)
-            return self.final_norm(x), k, v
-        top = jax.tree.map(lambda a: a[frozen_layers:], block_params)
-        kv_bottom = None
-        if trunk is None:
-            bottom = jax.tree.map(lambda a: a[:frozen_layers], block_params)
-            trunk, kv_bottom = jax.lax.scan(layer, self.embed_tokens(tokens, positions), (bottom, None, None))
-        x, (k, v) = jax.lax.scan(layer, jax.lax.stop_gradient(trunk), (top, None, None))
-        if kv_bottom is not None:
-            k, v = jnp.concatenate([kv_bottom[0], k]), jnp.concatenate([kv_bottom[1], v])
-        return self.final_norm(x), k, v
+        scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
+        x, (k, v) = jax.lax.scan(layer, x, scanned)
+        return x, k, v
+
+    def top(self, x: jax.Array, positions: jax.Array, from_layer: int, cache: KVCache | None = None):
+        """The model from block `from_layer` on, given those blocks' input x [B, T, D] (the embedding when
+        `from_layer` is 0) -> (head output float32, new k and v of blocks [from_layer, N))."""
+        x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache)
+        return self.head(self.final_norm(x)), k, v
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens, positions [B, T] -> the first block's input [B, T, D]."""
@@ -88,15 +101,7 @@ class Transformer(nnx.Module):
 
     def trunk(self, tokens: jax.Array, positions: jax.Array, n_layers: int) -> jax.Array:
         """The output of the bottom `n_layers` blocks (not normed): [B, T] -> [B, T, D]."""
-        inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
-        graphdef, block_params = nnx.split(self.blocks)
-        bottom = jax.tree.map(lambda a: a[:n_layers], block_params)
-
-        def layer(x, params):
-            x, _, _ = nnx.merge(graphdef, params)(x, positions, inv_freq, None, None, None)
-            return x, None
-
-        return jax.lax.scan(layer, self.embed_tokens(tokens, positions), bottom)[0]
+        return self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n_layers)[0]
 
     def head(self, h: jax.Array) -> jax.Array:
         """h: [B, T, D] -> float32 head output ([B, T, V] or [B, T] for the scalar head)."""
@@ -132,36 +137,75 @@ def last_valid(x: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.take_along_axis(x, idx.reshape(-1, *([1] * (x.ndim - 1))), axis=1)[:, 0]
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only"))
-def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int, last_only: bool = False):
-    """Runs padded prompts into a fresh cache of `capacity` slots.
-
-    tokens, mask: [B, T] -> (head output float32 [B, T, ...], or [B, ...] at each row's last prompt token when
-    `last_only`, which skips the vocab projection of every other position; KVCache with index T).
-    """
+def _check_capacity(tokens: jax.Array, capacity: int) -> None:
     if tokens.shape[1] > capacity:
         raise InputError(
             f"prompt batch is {tokens.shape[1]} tokens long but the cache holds {capacity}; raise capacity "
             "(prompt length + new tokens) or shorten the prompts")
+
+
+def _fresh_cache(k: jax.Array, v: jax.Array, positions: jax.Array, capacity: int) -> KVCache:
+    """A cache of `capacity` slots holding k, v [layers, B, Nkv, T, H] in its first T slots."""
+    _, batch, n_kv, _, head_dim = k.shape
+    return KVCache.zeros(k.shape[0], batch, capacity, n_kv, head_dim, k.dtype).write(k, v, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only", "from_layer"))
+def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int, last_only: bool = False,
+            from_layer: int = 0, trunk: jax.Array | None = None):
+    """Runs padded prompts into a fresh cache of `capacity` slots.
+
+    tokens, mask: [B, T] -> (head output float32 [B, T, ...], or [B, ...] at each row's last prompt token when
+    `last_only`, which skips the vocab projection of every other position; KVCache with index T).
+    `from_layer` > 0: `trunk` [B, T, D] is the output of blocks [0, from_layer) for these tokens
+    (`prefill_trunk`, run once for models whose bottom blocks are equal), and the cache holds blocks
+    [from_layer, N) only.
+    """
+    _check_capacity(tokens, capacity)
     model = nnx.merge(graphdef, params)
-    cfg = model.cfg
     positions = positions_from_mask(mask)
-    h, k, v = model.hidden(tokens, positions)
+    x = trunk if from_layer else model.embed_tokens(tokens, positions)
+    h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers)
+    h = model.final_norm(h)
     out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
-    cache = KVCache.zeros(cfg.n_layers, tokens.shape[0], capacity, cfg.n_kv_heads, cfg.head_dim, k.dtype)
-    return out, cache.write(k, v, positions)
+    return out, _fresh_cache(k, v, positions, capacity)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache):
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "n_layers"))
+def prefill_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int, n_layers: int):
+    """The bottom `n_layers` blocks of padded prompts: tokens, mask [B, T] -> (their output [B, T, D], a fresh
+    KVCache of those blocks with index T)."""
+    _check_capacity(tokens, capacity)
+    model = nnx.merge(graphdef, params)
+    positions = positions_from_mask(mask)
+    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers)
+    return x, _fresh_cache(k, v, positions, capacity)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "from_layer"), donate_argnames=("cache",))
+def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache, from_layer: int = 0,
+           trunk: jax.Array | None = None):
     """Appends T tokens per row (T=1 is a decode step) and returns their outputs and the updated cache.
 
-    tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see.
+    tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see. `from_layer`,
+    `trunk` [B, T, D]: as in `prefill` (the trunk from `extend_trunk`; the cache holds the top blocks).
     """
     model = nnx.merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
-    out, k, v = model(tokens, positions, cache)
+    if from_layer:
+        out, k, v = model.top(trunk, positions, from_layer, cache)
+    else:
+        out, k, v = model(tokens, positions, cache)
     return out, cache.write(k, v, positions)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"), donate_argnames=("cache",))
+def extend_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache, n_layers: int):
+    """`extend` through the bottom `n_layers` blocks only: -> (their output [B, T, D], the trunk cache)."""
+    model = nnx.merge(graphdef, params)
+    positions = positions_from_mask(mask, cache.next_positions())
+    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache)
+    return x, cache.write(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))

@@ -1,0 +1,153 @@
+"""Shared trunks: members whose bottom blocks are bitwise equal (top-N-block guides and their reference) run
+them once per step. Found from the weights alone; the search's results are bit-identical to running every model
+in full (the oracle: the same call with sharing switched off); the compiled program does less work."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import ivg_jax
+from ivg_jax.config import ModelConfig
+from ivg_jax.decoding import engine
+from ivg_jax.decoding.members import Members
+from ivg_jax.decoding.trunks import Trunk, shared_trunks
+from ivg_jax.model.api import attach_head, init_model
+
+CFG = ModelConfig(family="llama", vocab_size=50, d_model=32, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=8,
+                  d_ff=48, pad_token_id=0, eos_token_ids=(1,))
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12], [13]]
+
+
+def retrained(model, from_layer: int, seed: int):
+    """The model with blocks from `from_layer` up changed, the rest untouched (what top-N training leaves)."""
+    key = jax.random.key(seed)
+    blocks = jax.tree.map(lambda a: a.at[from_layer:].add(0.05 * jax.random.normal(key, a[from_layer:].shape,
+                                                                                   a.dtype)),
+                          model.params["blocks"])
+    return model.with_params({**model.params, "blocks": blocks})
+
+
+@pytest.fixture(scope="module")
+def models():
+    base = init_model(CFG, seed=0)
+    return {"base": base, "tuned": retrained(base, 3, 1),
+            "value": retrained(attach_head(base, "value", scale=0.1, seed=2), 2, 3),
+            "other": init_model(CFG, seed=9)}
+
+
+def _trunks(base, guidance, prompts=PROMPTS):
+    search = ivg_jax.Search(2, 2, 3) if guidance.chunk != "none" else ivg_jax.Search()
+    return engine.plan(base, prompts, guidance, search, None, 9).program.trunks
+
+
+def ivg(m, tuned=None, reference=None, template="{prompt}"):
+    return ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(tuned or m["tuned"], reference or m["base"], 1.0,
+                                                            template=template)],
+                            explicit=ivg_jax.ExplicitGuide(m["value"], 1.0, template=template),
+                            token="implicit", chunk="explicit")
+
+
+def test_depth_is_the_shortest_equal_prefix_of_the_group(models):
+    # base, tuned (blocks 3+ changed), reference = base, value (blocks 2+ changed, another head): share 2 blocks.
+    assert _trunks(models["base"], ivg(models)) == (Trunk((0, 1, 2, 3), 2),)
+
+
+def test_unrelated_weights_or_a_changed_embedding_share_nothing(models):
+    assert _trunks(models["other"], ivg(models)) == (Trunk((1, 2, 3), 2),)  # the base is another model
+    p = models["tuned"].params
+    embed = models["tuned"].with_params({**p, "embed": p["embed"].at[7, 0].add(1e-3)})
+    assert _trunks(models["other"], ivg(models, tuned=embed)) == (Trunk((2, 3), 2),)
+
+
+def test_a_bit_pattern_differs_even_where_values_compare_equal(models):
+    # -0.0 == 0.0 as numbers, but they are different weights: only bitwise equality shares.
+    p = models["tuned"].params
+    blocks = jax.tree.map(lambda a: a, p["blocks"])
+    blocks["attn_norm"]["scale"] = blocks["attn_norm"]["scale"].at[0, 0].set(0.0)
+    zero = models["tuned"].with_params({**p, "blocks": blocks})
+    blocks = jax.tree.map(lambda a: a, p["blocks"])
+    blocks["attn_norm"]["scale"] = blocks["attn_norm"]["scale"].at[0, 0].set(-0.0)
+    negative_zero = models["tuned"].with_params({**p, "blocks": blocks})
+    assert shared_trunks(Members(zero, (negative_zero,), (zero,)), [(np.ones((1, 2)), np.ones((1, 2)))] * 3) == \
+        (Trunk((0, 2), 4),)
+
+
+def test_other_prompt_ids_or_dtypes_are_not_shared(models):
+    # The base reads "{prompt}"; guides read another template: their ids differ, so the base runs alone.
+    prompts = ["w5 w6", "w7"]
+    tok = _word_tokenizer()
+    m = {k: _with_tokenizer(v, tok) for k, v in models.items()}
+    assert _trunks(m["base"], ivg(m, template="w2 {prompt}"), prompts) == (Trunk((1, 2, 3), 2),)
+    bf16 = {k: v.with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), v.params)) for k, v in models.items()}
+    assert _trunks(models["base"], ivg({**models, "tuned": bf16["tuned"]})) == (Trunk((0, 2, 3), 2),)
+
+
+@pytest.mark.parametrize("token,chunk", [("implicit", "explicit"), ("explicit", "implicit"), ("none", "implicit"),
+                                         ("implicit", "none")])
+def test_results_are_bit_identical_to_running_every_model_in_full(models, token, chunk, monkeypatch):
+    g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(models["tuned"], models["base"], 1.0)],
+                         explicit=ivg_jax.ExplicitGuide(models["value"], 1.0), token=token, chunk=chunk)
+    search = ivg_jax.Search(2, 2, 3) if chunk != "none" else ivg_jax.Search()
+    assert _trunks(models["base"], g)
+    shared = ivg_jax.generate(models["base"], PROMPTS, g, search, max_new_tokens=9, seed=[3, 4, 5])
+    monkeypatch.setattr(engine, "shared_trunks", lambda *a: ())
+    alone = ivg_jax.generate(models["base"], PROMPTS, g, search, max_new_tokens=9, seed=[3, 4, 5])
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_array_equal(shared.lengths, alone.lengths)
+    for key in ("scores", "log_ratio", "kl"):
+        np.testing.assert_array_equal(getattr(shared, key), getattr(alone, key), err_msg=key)
+
+
+def test_a_guide_equal_to_its_reference_shares_every_block(models, monkeypatch):
+    # The whole stack is shared; the members differ only in their heads (here: none at all).
+    g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(models["base"], models["base"], 1.0)], token="implicit")
+    assert _trunks(models["base"], g) == (Trunk((0, 1, 2), CFG.n_layers),)
+    shared = ivg_jax.generate(models["base"], PROMPTS, g, max_new_tokens=6, seed=1)
+    plain = ivg_jax.generate(models["base"], PROMPTS, None, max_new_tokens=6, seed=1)
+    np.testing.assert_array_equal(shared.tokens, plain.tokens)  # log π − log π = 0: guidance changes nothing
+    np.testing.assert_array_equal(shared.log_ratio, 0.0)
+
+
+def test_the_shared_program_does_less_work(models, monkeypatch):
+    g = ivg(models)
+    calls = {}
+    orig = engine.run
+
+    def capture(program, params, inputs):
+        calls[bool(program.trunks)] = (program, params, inputs)
+        return orig(program, params, inputs)
+
+    monkeypatch.setattr(engine, "run", capture)
+    search = ivg_jax.Search(1, 2, 2)
+    ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
+    monkeypatch.setattr(engine, "shared_trunks", lambda *a: ())
+    ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
+    # XLA counts a loop's body once: unroll every scan and inline the models' jitted functions to count.
+    monkeypatch.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
+    for name in ("prefill", "prefill_trunk", "extend", "extend_trunk"):
+        monkeypatch.setattr(engine, name, getattr(engine, name).__wrapped__)
+    flops = {}
+    for shared, (program, params, inputs) in calls.items():
+        cost = jax.jit(lambda p, i, program=program: orig.__wrapped__(program, p, i)).lower(params, inputs)
+        cost = cost.compile().cost_analysis()
+        flops[shared] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    # 4 members x 4 blocks = 16 block passes per token alone; shared: 2 (the trunk, once) + 4 x 2 (each
+    # member's top blocks) = 10. The heads, sampling and guidance are the same in both.
+    print(flops, flops[True] / flops[False])
+    assert flops[True] < 0.85 * flops[False], flops
+
+
+def _word_tokenizer():
+    from oracle import word_tokenizer
+
+    return word_tokenizer(["<pad>", "<eos>", "<unk>"] + [f"w{i}" for i in range(CFG.vocab_size - 3)],
+                          eos_only=True)
+
+
+def _with_tokenizer(model, tok):
+    import dataclasses
+
+    return dataclasses.replace(model, tokenizer=tok)
