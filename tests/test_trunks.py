@@ -151,3 +151,21 @@ def _with_tokenizer(model, tok):
     import dataclasses
 
     return dataclasses.replace(model, tokenizer=tok)
+
+
+def test_weights_are_compared_once_per_set_of_arrays(models, monkeypatch):
+    from ivg_jax.decoding import trunks
+
+    calls = []
+    compare = trunks._equal_prefix
+    monkeypatch.setattr(trunks, "_equal_prefix", lambda a, b: calls.append(1) or compare(a, b))
+    monkeypatch.setattr(trunks, "_DEPTHS", type(trunks._DEPTHS)())
+    fresh = retrained(models["base"], 1, 11)  # new arrays: compared, then remembered
+    g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(fresh, models["base"], 1.0)], token="implicit")
+    assert _trunks(models["base"], g) == (Trunk((0, 1, 2), 1),)
+    first = len(calls)
+    assert first == 1  # base vs fresh; the reference is the base itself (same arrays: no comparison)
+    assert _trunks(models["base"], g) == (Trunk((0, 1, 2), 1),) and len(calls) == first
+    changed = retrained(models["base"], 2, 12)  # other arrays, same shapes: compared anew
+    g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(changed, models["base"], 1.0)], token="implicit")
+    assert _trunks(models["base"], g) == (Trunk((0, 1, 2), 2),) and len(calls) == first + 1

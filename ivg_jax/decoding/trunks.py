@@ -12,7 +12,9 @@ flag, and only between members whose prompt ids are identical (same template and
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import weakref
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,29 @@ def _equal_prefix(a: dict, b: dict) -> jax.Array:
     return jnp.where(jnp.all(same), n_layers, jnp.argmin(same)).astype(jnp.int32)
 
 
+# (ids of a's leaves, ids of b's leaves) -> (weak references to those leaves, depth). Arrays are immutable, so
+# the same array objects have the same bits: a decode loop over batches compares its models once, not per call.
+_DEPTHS: collections.OrderedDict = collections.OrderedDict()
+
+
+def _shared_depth(a: dict, b: dict) -> int:
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    if all(x is y for x, y in zip(la, lb)):
+        return jax.tree.leaves(a["blocks"])[0].shape[0]  # the same weights (a reference that is the base)
+    key = (tuple(map(id, la)), tuple(map(id, lb)))
+    hit = _DEPTHS.get(key)
+    if hit is not None and all(ref() is x for ref, x in zip(hit[0], la + lb)):
+        return hit[1]
+    depth = int(_equal_prefix(a, b))
+    try:
+        _DEPTHS[key] = ([weakref.ref(x) for x in la + lb], depth)
+    except TypeError:  # a leaf type without weak references: compare again next time
+        return depth
+    while len(_DEPTHS) > 64:
+        _DEPTHS.popitem(last=False)
+    return depth
+
+
 def _trunk_weights(params: dict) -> dict:
     return {k: params[k] for k in ("blocks", "embed", "pos_embed") if k in params}
 
@@ -74,7 +99,7 @@ def shared_trunks(models: Members, encoded: list[tuple[np.ndarray, np.ndarray]])
             if not (_same_architecture(flat[first], m) and np.array_equal(ids_a, ids_b)
                     and np.array_equal(mask_a, mask_b)):
                 continue
-            depth = int(_equal_prefix(_trunk_weights(flat[first].params), _trunk_weights(m.params)))
+            depth = _shared_depth(_trunk_weights(flat[first].params), _trunk_weights(m.params))
             if depth:
                 group[1].append(i)
                 group[2] = min(group[2], depth)
