@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from ivg_jax.errors import UnsupportedError
 
-Family = Literal["gpt2", "llama", "mistral", "mixtral"]
+Family = Literal["gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3"]
 Head = Literal["lm", "value", "scalar"]
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3")
 ACTIVATIONS = ("silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu")
 
 
@@ -46,6 +46,7 @@ class ModelConfig:
     activation: str = "silu"
     attn_bias: bool = False  # biases of the q, k, v projections
     attn_out_bias: bool = False
+    qk_norm: bool = False  # RMS norm of each head's query and key before rotary (Qwen3)
     mlp_bias: bool = False
     positions: Literal["rope", "learned"] = "rope"
     max_positions: int = 2048
@@ -155,12 +156,19 @@ def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelCon
     if act not in ("silu", "swish"):
         raise UnsupportedError(f"{source}: hidden_act={act!r} is not supported for {model_type}; expected 'silu'")
     sliding = cfg.get("sliding_window") if model_type in ("mistral", "mixtral") else None
+    if model_type in ("qwen2", "qwen3") and cfg.get("use_sliding_window"):
+        # Qwen's window applies from layer `max_window_layers` up only; checkpoints ship with it off.
+        raise UnsupportedError(f"{source}: use_sliding_window=true (Qwen's per-layer sliding window) is not "
+                               "supported; set it to false (the released checkpoints' setting)")
+    # Qwen2 always has q/k/v biases and no output bias; the others take `attention_bias` for all four.
+    qkv_bias = True if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
+    out_bias = False if model_type == "qwen2" else bool(cfg.get("attention_bias", False))
     return ModelConfig(
         family=model_type, d_model=d, n_layers=int(cfg["num_hidden_layers"]), n_heads=n,
         n_kv_heads=int(cfg.get("num_key_value_heads") or n), head_dim=int(cfg.get("head_dim") or d // n),
         d_ff=int(cfg["intermediate_size"]), norm="rms", norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        mlp="swiglu", activation="silu", attn_bias=bool(cfg.get("attention_bias", False)),
-        attn_out_bias=bool(cfg.get("attention_bias", False)), mlp_bias=bool(cfg.get("mlp_bias", False)),
+        mlp="swiglu", activation="silu", attn_bias=qkv_bias, attn_out_bias=out_bias,
+        qk_norm=model_type == "qwen3", mlp_bias=bool(cfg.get("mlp_bias", False)),
         positions="rope", max_positions=int(cfg.get("max_position_embeddings", 4096)), rope_theta=theta,
         rope_scaling=scaling, sliding_window=int(sliding) if sliding else None,
         n_experts=int(cfg.get("num_local_experts", 0)) if model_type == "mixtral" else 0,
@@ -168,7 +176,8 @@ def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelCon
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
 
 
-_HF_ARCH = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral"}
+_HF_ARCH = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral", "qwen2": "Qwen2",
+            "qwen3": "Qwen3"}
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -205,8 +214,10 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
                rms_norm_eps=cfg.norm_eps, hidden_act="silu", max_position_embeddings=cfg.max_positions,
                rope_parameters=rope, rope_theta=cfg.rope_theta)
-    if cfg.family == "llama":
+    if cfg.family in ("llama", "qwen3"):
         out.update(attention_bias=cfg.attn_bias, mlp_bias=cfg.mlp_bias)
+    elif cfg.family == "qwen2":
+        out.update(use_sliding_window=False)
     else:
         out["sliding_window"] = cfg.sliding_window
     if cfg.family == "mixtral":
@@ -214,36 +225,42 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
     return out
 
 
+GGUF_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+
+
 def config_from_gguf(meta: dict[str, Any], source: str, tied: bool, vocab_size: int) -> ModelConfig:
-    """Builds the config from GGUF metadata (`{arch}.*` keys). Only the llama architecture family is read.
+    """Builds the config from GGUF metadata (`{arch}.*` keys) of a llama, qwen2 or qwen3 architecture file.
 
     `tied`: the file has no `output.weight`, so the LM head reuses the token embedding; `vocab_size`: rows of
-    the token embedding (files do not always carry `llama.vocab_size`).
+    the token embedding (files do not always carry `{arch}.vocab_size`).
     """
     arch = meta.get("general.architecture")
-    if arch != "llama":
+    if arch not in GGUF_ARCHITECTURES:
         raise UnsupportedError(
-            f"{source}: GGUF architecture {arch!r} is not supported; ivg-jax reads llama-architecture GGUF "
-            "files (Llama, SmolLM2, Mistral exported as llama). Use the model's HF safetensors checkpoint instead.")
-    if meta.get("llama.expert_count"):
+            f"{source}: GGUF architecture {arch!r} is not supported; ivg-jax reads {', '.join(GGUF_ARCHITECTURES)} "
+            "GGUF files (Llama, SmolLM2, Mistral exported as llama; Qwen2/2.5; Qwen3). Use the model's HF "
+            "safetensors checkpoint instead.")
+    if meta.get(f"{arch}.expert_count"):
         raise UnsupportedError(
             f"{source}: mixture-of-experts GGUF files are not supported; load the HF safetensors checkpoint")
-    d = int(meta["llama.embedding_length"])
-    n = int(meta["llama.attention.head_count"])
-    n_kv = int(meta.get("llama.attention.head_count_kv", n))
-    head_dim = int(meta.get("llama.attention.key_length", d // n))
+    d = int(meta[f"{arch}.embedding_length"])
+    n = int(meta[f"{arch}.attention.head_count"])
+    n_kv = int(meta.get(f"{arch}.attention.head_count_kv", n))
+    head_dim = int(meta.get(f"{arch}.attention.key_length", d // n))
     eos = meta.get("tokenizer.ggml.eos_token_id")
     scaling = None
-    if meta.get("llama.rope.scaling.type") == "linear":
-        scaling = RopeScaling("linear", float(meta["llama.rope.scaling.factor"]))
-    sliding = meta.get("llama.attention.sliding_window")
+    if meta.get(f"{arch}.rope.scaling.type") == "linear":
+        scaling = RopeScaling("linear", float(meta[f"{arch}.rope.scaling.factor"]))
+    sliding = meta.get(f"{arch}.attention.sliding_window") if arch == "llama" else None
+    family = "mistral" if sliding else ("llama" if arch == "llama" else arch)
     return ModelConfig(
-        family="mistral" if sliding else "llama", vocab_size=vocab_size,
-        d_model=d, n_layers=int(meta["llama.block_count"]), n_heads=n, n_kv_heads=n_kv, head_dim=head_dim,
-        d_ff=int(meta["llama.feed_forward_length"]), norm="rms",
-        norm_eps=float(meta.get("llama.attention.layer_norm_rms_epsilon", 1e-5)), mlp="swiglu",
-        positions="rope", max_positions=int(meta.get("llama.context_length", 4096)),
-        rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)), rope_scaling=scaling,
+        family=family, vocab_size=vocab_size,
+        d_model=d, n_layers=int(meta[f"{arch}.block_count"]), n_heads=n, n_kv_heads=n_kv, head_dim=head_dim,
+        d_ff=int(meta[f"{arch}.feed_forward_length"]), norm="rms",
+        norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)), mlp="swiglu",
+        attn_bias=arch == "qwen2", qk_norm=arch == "qwen3",
+        positions="rope", max_positions=int(meta.get(f"{arch}.context_length", 4096)),
+        rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)), rope_scaling=scaling,
         sliding_window=int(sliding) if sliding else None,
         tie_embeddings=tied, bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
         eos_token_ids=_eos_ids(eos), pad_token_id=meta.get("tokenizer.ggml.padding_token_id"))

