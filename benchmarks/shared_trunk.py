@@ -95,7 +95,7 @@ def main() -> None:
         captured = {}
         run = engine.run
 
-        def capture(program, params, inputs):
+        def capture(program, params, inputs, captured=captured, run=run):
             captured[bool(program.trunks)] = (program, params, inputs)
             return run(program, params, inputs)
 
