@@ -43,7 +43,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=(), help_text
         if optional:
             parse = (lambda p: lambda text: None if text.lower() == "none" else p(text))(parse)
         note = (help_text or {}).get(field.name, "")
-        shown = f" (default: {default})" if has_default and default not in (None, "") else ""
+        # A default made of or ending in whitespace (a stop string "\n\n") is shown quoted, not as a blank.
+        printed = repr(default) if isinstance(default, str) and default != default.strip() else default
+        shown = f" (default: {printed})" if has_default and default not in (None, "") else ""
         if shown_defaults and field.name in shown_defaults:
             shown = f" (default: {shown_defaults[field.name]})"
         # Required fields may also come from a config file, so argparse does not enforce them; the dataclass does.
