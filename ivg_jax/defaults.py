@@ -36,7 +36,7 @@ def _asset(name: str):
 
 # name -> function returning the model's local path (raises CheckpointError with the command that gets it)
 MODEL_NAMES = {"smollm2": default_model_path, "default": default_model_path,
-               "qwen2.5-coder-0.5b": _asset("qwen2.5-coder-0.5b")}
+               "qwen2.5-coder-0.5b": _asset("qwen2.5-coder-0.5b"), "qwen2.5-coder-1.5b": _asset("qwen2.5-coder-1.5b")}
 
 
 def resolve_model_name(path_or_name: str) -> str:

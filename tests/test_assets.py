@@ -92,7 +92,7 @@ def test_unknown_names_and_unfetched_models_are_one_line(tmp_path, monkeypatch):
     from ivg_jax.errors import InputError
 
     monkeypatch.setenv("IVG_JAX_CACHE_DIR", str(tmp_path))
-    with pytest.raises(InputError, match="unknown asset 'nope'; known: qwen2.5-coder-0.5b"):
+    with pytest.raises(InputError, match="unknown asset .nope.; known: qwen2.5-coder-0.5b, qwen2.5-coder-1.5b"):
         assets.fetch("nope")
     with pytest.raises(CheckpointError, match="not fetched; run: ivg assets fetch qwen2.5-coder-0.5b"):
         ivg_jax.load_model("qwen2.5-coder-0.5b")
