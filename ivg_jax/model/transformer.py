@@ -68,28 +68,41 @@ class Transformer(nnx.Module):
             k, v = jnp.concatenate([kv_bottom[0], k]), jnp.concatenate([kv_bottom[1], v])
         return self.final_norm(x), k, v
 
-    def blocks_range(self, x: jax.Array, positions: jax.Array, start: int, stop: int, cache: KVCache | None = None):
+    def blocks_range(self, x: jax.Array, positions: jax.Array, start: int, stop: int, cache: KVCache | None = None,
+                     copy_weights: bool = True):
         """Blocks [start, stop) (one `lax.scan`) on x [B, T, D] -> (x [B, T, D], not normed; new k and v
-        [stop - start, B, Nkv, T, H]). `cache` holds exactly these blocks' keys and values."""
+        [stop - start, B, Nkv, T, H]). `cache` holds exactly these blocks' keys and values.
+
+        A part of the stack is scanned over a slice of the stacked weights (`copy_weights`, what training wants:
+        the gradient is the slice's), or, for decoding, over layer indices into the whole stack: XLA hoists a
+        slice out of the decode loop as a copy of those blocks' weights — a second copy of a guide's trunk for
+        the whole search — while an index reads each block in place, as the full-stack scan does.
+        """
         inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
-        if (start, stop) != (0, self.cfg.n_layers):
+        whole = (start, stop) == (0, self.cfg.n_layers)
+        by_index = not whole and not copy_weights
+        if not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
 
         def layer(x, scanned):
             params, cache_k, cache_v = scanned
+            if by_index:  # params is the layer's index
+                params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, params, keepdims=False),
+                                      block_params)
             block = nnx.merge(graphdef, params)
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
             return x, (k, v)
 
-        scanned = (block_params, None, None) if cache is None else (block_params, cache.k, cache.v)
+        layers = jnp.arange(start, stop) if by_index else block_params
+        scanned = (layers, None, None) if cache is None else (layers, cache.k, cache.v)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
     def top(self, x: jax.Array, positions: jax.Array, from_layer: int, cache: KVCache | None = None):
         """The model from block `from_layer` on, given those blocks' input x [B, T, D] (the embedding when
         `from_layer` is 0) -> (head output float32, new k and v of blocks [from_layer, N))."""
-        x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache)
+        x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache, copy_weights=False)
         return self.head(self.final_norm(x)), k, v
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
@@ -165,7 +178,7 @@ def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int,
     model = nnx.merge(graphdef, params)
     positions = positions_from_mask(mask)
     x = trunk if from_layer else model.embed_tokens(tokens, positions)
-    h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers)
+    h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers, copy_weights=False)
     h = model.final_norm(h)
     out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
     return out, _fresh_cache(k, v, positions, capacity)
@@ -178,7 +191,7 @@ def prefill_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity
     _check_capacity(tokens, capacity)
     model = nnx.merge(graphdef, params)
     positions = positions_from_mask(mask)
-    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers)
+    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, copy_weights=False)
     return x, _fresh_cache(k, v, positions, capacity)
 
 
@@ -204,7 +217,8 @@ def extend_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KV
     """`extend` through the bottom `n_layers` blocks only: -> (their output [B, T, D], the trunk cache)."""
     model = nnx.merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
-    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache)
+    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache,
+                                 copy_weights=False)
     return x, cache.write(k, v, positions)
 
 
