@@ -214,3 +214,41 @@ def test_bt_pairs_are_disjoint_and_follow_the_reward():
     a_wins = np.mean([p[0][0][0] == "a" for p in firsts])
     c_wins = np.mean([p[1][0][0] == "c" for p in firsts])
     assert a_wins > 0.98 and 0.4 < c_wins < 0.6  # sigmoid(10) and sigmoid(0)
+
+
+def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
+    """`guide_model`: the data are sampled from the guide model, both guides start from it and it is the
+    implicit guide's reference; the base only decodes (and judges fluency)."""
+    from ivg_jax.experiments.sentiment.pipeline import Models, _hash_seed, load_prompts, method_setup
+
+    tok = word_tokenizer(WORDS)
+    strong = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=48, n_layers=3, n_heads=4, n_kv_heads=2,
+                         head_dim=12, d_ff=64, eos_token_ids=(1,), pad_token_id=0)
+    weak = strong.replace(d_model=32, n_layers=2, head_dim=8)
+    export_hf(ivg_jax.init_model(strong, seed=1, tokenizer=tok), tmp_path / "strong")
+    export_hf(ivg_jax.init_model(weak, seed=2, tokenizer=tok), tmp_path / "weak")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for split in ("train", "val", "test"):
+        (prompts / f"{split}.txt").write_text("the movie was\nthe plot is\nit was very\na story and\n")
+    cfg = SentimentConfig(run_dir=str(tmp_path / "run"), model=str(tmp_path / "strong"),
+                          guide_model=str(tmp_path / "weak"), prompts_dir=str(prompts), n_train=4, n_val=4, n_test=2,
+                          samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2, chunk_length=2, bon_n=2,
+                          train_batch_size=2, train_top_blocks=1, dpo_epochs=1.0, fudge_epochs=1.0, sample_batch=4,
+                          decode_batch=2, methods="eft,ivg", base_template="the {prompt}")
+    run(cfg, stages=("sample", "label", "dpo", "fudge", "decode"), progress=False, log=lambda _: None)
+
+    # The data: the guide model's samples (same seeds, sampled directly).
+    models = Models(cfg)
+    first = load_prompts(cfg, "train")[0]
+    seeds = [_hash_seed(cfg.seed, "train", 0, j) % 2**31 for j in range(2)]
+    settings = cfg.sample_settings
+    direct = settings.decode(models.guide(), [first, first], settings.guidance(), seeds)
+    assert read_jsonl(cfg.path / "samples" / "train.jsonl")[0]["responses"] == direct.texts
+    # Both guides have the guide model's architecture; the reference is the guide model itself.
+    for stage in ("dpo", "fudge"):
+        exported = ivg_jax.load_model(str(cfg.path / stage / "export"))
+        assert (exported.config.d_model, exported.config.n_layers) == (32, 2), stage
+    _, guidance = method_setup(cfg, models, "ivg")
+    assert guidance.implicit[0].reference is models.guide() and models.base().config.d_model == 48
+    assert all((cfg.path / "decode" / f"{m}.jsonl").exists() for m in ("eft", "ivg"))

@@ -2,7 +2,8 @@
 
 Stages (each resumable; all outputs under one run directory; `stages/<name>.json` marks a finished stage):
 
-    sample    two continuations per train / validation prompt from the untuned model (guide template), scored
+    sample    two continuations per train / validation prompt from the untuned guide model (the base unless
+              `guide_model` is set; guide template), scored
     label     Bradley–Terry preference pairs drawn from the gold reward (p(y1 ≻ y2) = σ(r1 − r2)); scored responses
     dpo       DPO-train the implicit guide (tuned vs the untuned model as reference)
     fudge     train the explicit token-value model on the scored responses
@@ -58,7 +59,8 @@ class SentimentConfig:
     """Every setting of one run. Defaults are the full run; `PRESETS["fast"]` is the README's main job."""
 
     run_dir: str
-    model: str = ""  # the base, the reference and the starting point of both guides; "" = embedded SmolLM2
+    model: str = ""  # the base; "" = the embedded SmolLM2
+    guide_model: str = ""  # the guides' starting point and reference, and the sampler of their data; "" = the base
     prompts_dir: str = ""  # train.txt / val.txt / test.txt; "" = the shipped openings
     n_train: int = 400
     n_val: int = 100
@@ -156,7 +158,9 @@ class SentimentConfig:
 
 
 SENTIMENT_HELP = {
-    "model": "base = reference = starting point of both guides (default: the embedded SmolLM2-135M-Instruct)",
+    "model": "the base (default: the embedded SmolLM2-135M-Instruct)",
+    "guide_model": "the guides' starting point and reference, sampled for their training data: a smaller model "
+                   "makes the run weak-to-strong (default: the base itself, the paper's same-model setting)",
     "prompts_dir": "directory with train.txt, val.txt, test.txt (default: the shipped openings)",
     "n_train": "train prompts", "n_val": "validation prompts", "n_test": "test prompts",
     "samples_per_prompt": "continuations sampled per train / validation prompt (disjoint pairs: 1st-2nd, 3rd-4th, ...)",
@@ -305,8 +309,18 @@ class Models:
 
         return str(default_model_path())
 
+    @property
+    def guide_source(self):
+        return self.cfg.guide_model or self.base_source
+
     def base(self):
         return self._load("base", self.base_source)
+
+    def guide(self):
+        """The guides' starting point and reference (the base itself unless `guide_model` is set)."""
+        if not self.cfg.guide_model:
+            return self.base()
+        return self._load("guide", self.guide_source)
 
     def tuned(self):
         return self._load("tuned", str(self.cfg.path / "dpo" / "export"))
@@ -345,7 +359,7 @@ def stage_sample(cfg: SentimentConfig, models: Models, progress: bool = True) ->
     from ivg_jax.evaluation.sentiment import VaderReward
 
     gold = VaderReward()
-    base = models.base()
+    base = models.guide()  # the guides learn from their own samples
     n = cfg.samples_per_prompt
     settings = cfg.sample_settings
     guidance = settings.guidance()
@@ -439,24 +453,24 @@ def _train_config(cfg: SentimentConfig, objective: str):
 
 
 def models_source(cfg: SentimentConfig) -> str:
-    return Models(cfg).base_source
+    """Where the guides start from (and their reference)."""
+    return Models(cfg).guide_source
 
 
 def _stage_train(objective: str):
     def stage(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
         from ivg_jax.training import train
 
-        base = models.base()
-        result = train(_train_config(cfg, objective), model=base, progress=progress)
+        result = train(_train_config(cfg, objective), model=models.guide(), progress=progress)
         return {"best_step": result.best_step, "final_step": result.final_step, "best_metrics": result.best_metrics}
 
     return stage
 
 
 def method_setup(cfg: SentimentConfig, models: Models, method: str):
-    """-> (DecodeSettings, Guidance) of one method of the grid; the reference is the untouched base."""
+    """-> (DecodeSettings, Guidance) of one method of the grid; the reference is the untouched guide model."""
     settings = cfg.decode_settings(method)
-    return settings, settings.guidance(tuned=models.tuned, reference=models.base, value=models.value)
+    return settings, settings.guidance(tuned=models.tuned, reference=models.guide, value=models.value)
 
 
 def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) -> dict:
@@ -578,13 +592,14 @@ def _covers(summary: dict, cfg: SentimentConfig) -> bool:
 
 
 class _Shells:
-    """`Models` with every role played by the base's config and tokenizer (no weights): the guides start from
-    the base, so what the base's tokenizer and context accept, they accept. The value model is the base with the
-    vocab-sized value head that the fudge stage gives it."""
+    """`Models` played by configs and tokenizers alone (no weights): the guides start from the guide model, so
+    what its tokenizer and context accept, they accept. The value model is the guide model with the vocab-sized
+    value head that the fudge stage gives it."""
 
-    def __init__(self, shell):
-        value = dataclasses.replace(shell, config=shell.config.replace(head="value"))
-        self.base = self.tuned = lambda: shell
+    def __init__(self, base_shell, guide_shell):
+        value = dataclasses.replace(guide_shell, config=guide_shell.config.replace(head="value"))
+        self.base = lambda: base_shell
+        self.guide = self.tuned = lambda: guide_shell
         self.value = lambda: value
 
 
@@ -598,14 +613,16 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
     prompts = {split: load_prompts(cfg, split) for split in ("train", "val", "test")}
     if not {"sample", "decode"} & set(stages):
         return
-    shell = inspect_model(Models(cfg).base_source)
+    names = Models(cfg)
+    shell = inspect_model(names.base_source)
+    guide_shell = inspect_model(names.guide_source) if cfg.guide_model else shell
     if "sample" in stages:
         settings = cfg.sample_settings
         for split in ("train", "val"):
             with _naming(f"{split} prompts (sampling)"):
-                settings.preflight(shell, prompts[split], settings.guidance())
+                settings.preflight(guide_shell, prompts[split], settings.guidance())
     if "decode" in stages:
-        shells = _Shells(shell)
+        shells = _Shells(shell, guide_shell)
         for method in cfg.method_list:
             settings, guidance = method_setup(cfg, shells, method)
             with _naming(f"test prompts ({method})"):
