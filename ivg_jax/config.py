@@ -75,6 +75,19 @@ class ModelConfig:
     def is_moe(self) -> bool:
         return self.n_experts > 0
 
+    @property
+    def flops_per_token(self) -> int:
+        """Multiply-adds x 2 of one token's forward through the weights (projections, the active experts' MLPs
+        and router, the head), the usual 2·N measure of a model's cost; attention over the context is left out
+        (small at the lengths decoded here). Compares models of different sizes: weak-to-strong compute."""
+        d, h = self.d_model, self.head_dim
+        attention = d * h * (self.n_heads * 2 + self.n_kv_heads * 2)  # q and o; k and v
+        mlp = d * self.d_ff * (3 if self.mlp == "swiglu" else 2)
+        if self.is_moe:
+            mlp = mlp * self.experts_per_token + d * self.n_experts
+        head = d * (1 if self.head == "scalar" else self.vocab_size)
+        return 2 * (self.n_layers * (attention + mlp) + head)
+
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 

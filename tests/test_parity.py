@@ -69,3 +69,26 @@ def test_cached_decoding_equals_full_forward(hf_checkpoint, name, side):
     _, cache = prefill(model.graphdef, model.params, ids, mask, capacity=ids.shape[1] + 7)
     chunk, _ = extend(model.graphdef, model.params, np.array(continuation), np.ones((3, 7), bool), cache)
     np.testing.assert_allclose(np.asarray(chunk), expected, rtol=0, atol=tolerance(full))
+
+
+@pytest.mark.parametrize("name", ALL_FAMILIES)
+def test_flops_per_token_equals_torch_flop_counter(hf_checkpoint, name):
+    """`ModelConfig.flops_per_token` (the weak-to-strong compute measure) against torch's FLOP counter on a
+    one-token forward of the same checkpoint (eager attention, whose matmuls the counter sees), less that token's
+    attention over itself (2 matmuls per head)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    directory, hf = hf_checkpoint(name)
+    config = ivg_jax.load_model(directory).config
+    hf.set_attn_implementation("eager")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        hf(torch.tensor([[3]]))
+    self_attention = config.n_layers * 2 * 2 * config.n_heads * config.head_dim
+    counted = counter.get_total_flops()
+    if config.is_moe:
+        # The counter does not see transformers' fused expert kernels (only the router): add the chosen experts'
+        # matmuls, sized from the checkpoint's own expert tensors.
+        experts = [p for n, p in hf.named_parameters() if ".experts." in n]
+        counted += 2 * sum(p.numel() for p in experts) // config.n_experts * config.experts_per_token
+    assert config.flops_per_token == counted - self_attention

@@ -235,8 +235,8 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
                           guide_model=str(tmp_path / "weak"), prompts_dir=str(prompts), n_train=4, n_val=4, n_test=2,
                           samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2, chunk_length=2, bon_n=2,
                           train_batch_size=2, train_top_blocks=1, dpo_epochs=1.0, fudge_epochs=1.0, sample_batch=4,
-                          decode_batch=2, methods="eft,ivg", base_template="the {prompt}")
-    run(cfg, stages=("sample", "label", "dpo", "fudge", "decode"), progress=False, log=lambda _: None)
+                          decode_batch=2, methods="eft,ivg,bon,bon_matched,bon_guide", base_template="the {prompt}")
+    run(cfg, progress=False, log=lambda _: None)
 
     # The data: the guide model's samples (same seeds, sampled directly).
     models = Models(cfg)
@@ -252,3 +252,26 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
     _, guidance = method_setup(cfg, models, "ivg")
     assert guidance.implicit[0].reference is models.guide() and models.base().config.d_model == 48
     assert all((cfg.path / "decode" / f"{m}.jsonl").exists() for m in ("eft", "ivg"))
+
+    # The weak model's own best-of-N: sampled from it (not the base), the value model choosing.
+    bon_guide = read_jsonl(cfg.path / "decode" / "bon_guide.jsonl")
+    settings, guidance = method_setup(cfg, models, "bon_guide")
+    test = load_prompts(cfg, "test")
+    seeds = [_hash_seed(cfg.seed, "test", i) % 2**31 for i in range(len(test))]
+    assert [r["text"] for r in bon_guide] == settings.decode(models.guide(), test, guidance, seeds).texts
+
+    # Compute in base-forward tokens. FLOPs per token by hand (2 x weights of the projections, MLP and head):
+    # strong 2 x (3 x (48*12*(2*4 + 2*2) + 3*48*64) + 48*25) = 99168; weak 2 x (2 x (32*8*12 + 3*32*64) + 32*25)
+    # = 38464 (the value head is vocab-sized: the same).
+    strong_flops, weak_flops = 99168, 38464
+    results = json.loads((cfg.path / "results.json").read_text())
+    factors = {"ivg": (strong_flops + 3 * weak_flops) / (4 * strong_flops),
+               "eft": (strong_flops + 2 * weak_flops) / (3 * strong_flops),
+               "bon": (strong_flops + weak_flops) / (2 * strong_flops), "bon_guide": 1.0 * weak_flops / strong_flops}
+    for method, factor in factors.items():
+        r = results[method]
+        assert r["compute"] == pytest.approx(r["forward_tokens"] * factor, rel=1e-9), method
+    # Best-of-N at IVG's compute: N = W K (F_s + 3 F_w) / (F_s + F_w) = 4 x 1.559 -> 6, not the same-size 8.
+    assert cfg.matched_bon_n == 6
+    assert "best-of-6 (explicit value, IVG's compute)" in (cfg.path / "results.md").read_text()
+    assert "bon_guide" in results["ivg"]["minus"]

@@ -89,6 +89,8 @@ def test_each_sentiment_method_gets_its_search_shape():
         # Baselines at IVG's compute: IVG runs four models over W*K rows, these two over 2*W*K.
         "bon_matched": ("none", "explicit", Search(1, 2 * W * K)),
         "cbs_explicit_matched": ("none", "explicit", Search(W, 2 * K, L)),
+        # Weak-to-strong's yardstick: the guide model's own best-of-N (decoded from the guide, not the base).
+        "bon_guide": ("none", "explicit", Search(1, cfg.bon_n)),
     }
     assert set(expected) == set(METHODS)
     for method, (token, chunk, search) in expected.items():

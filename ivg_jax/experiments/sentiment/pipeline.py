@@ -33,16 +33,18 @@ from ivg_jax.errors import InputError, require_dtype, require_positive
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
 # The issue's grid (run by default) and two baselines given IVG's compute: IVG runs four models (base, tuned,
-# reference, value) over W*K rows; best-of-N and CBS explicit run two (base, value), so they get 2*W*K samples
-# and W x 2K candidates.
+# reference, value) over W*K rows; best-of-N and CBS explicit run two (base, value), so with guides as large as
+# the base they get 2*W*K samples and W x 2K candidates (smaller guides: fewer, by the models' FLOPs per token).
+# bon_guide is the weak-to-strong yardstick: the guide model's own best-of-N, no base involved.
 DEFAULT_METHODS = ("base", "bon", "eft", "cbs_implicit", "cbs_explicit", "ivg", "ivg_reversed")
-METHODS = DEFAULT_METHODS + ("bon_matched", "cbs_explicit_matched")
+METHODS = DEFAULT_METHODS + ("bon_matched", "cbs_explicit_matched", "bon_guide")
 METHOD_LABELS = {
     "base": "base (plain sampling)", "bon": "best-of-{n} (explicit value)", "eft": "EFT (implicit, token level)",
     "cbs_implicit": "CBS implicit", "cbs_explicit": "CBS explicit", "ivg": "IVG (implicit token + explicit chunk)",
     "ivg_reversed": "reversed IVG (explicit token + implicit chunk)",
     "bon_matched": "best-of-{n_matched} (explicit value, IVG's compute)",
     "cbs_explicit_matched": "CBS explicit, K = {k_matched} (IVG's compute)",
+    "bon_guide": "best-of-{n} from the guide model alone",
 }
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 # How the DPO training pairs are made from each train prompt's samples. Validation pairs are always "bt", the
@@ -101,11 +103,16 @@ class SentimentConfig:
                                 "decode_batch"))
         require_dtype(self.dtype)
         for method in self.method_list:
-            self.decode_settings(method)  # templates, stop string and sampling, checked once, where decoding does
+            # templates, stop string and sampling, checked once, where decoding does (the matched sizes, which
+            # need the models' configs, are checked by the preflight)
+            self.decode_settings(method, matched_scale=2.0)
         if self.dpo_pairs not in PAIR_SCHEMES:
             raise InputError(f"dpo_pairs must be one of {', '.join(PAIR_SCHEMES)}; got {self.dpo_pairs!r}")
         if self.samples_per_prompt < 2:
             raise InputError("samples_per_prompt must be >= 2: preference pairs need two responses per prompt")
+        if "bon_guide" in self.method_list and not self.guide_model:
+            raise InputError("method bon_guide samples from the guide model: set guide_model (a model smaller "
+                             "than the base), or drop the method")
 
     @property
     def method_list(self) -> list[str]:
@@ -116,14 +123,26 @@ class SentimentConfig:
         return Path(self.run_dir)
 
     @property
+    def matched_scale(self) -> float:
+        """IVG's compute per row-token over CBS explicit's (base + tuned + reference + value against base + value):
+        2 when the guides are copies of the base's architecture, less for smaller guides (weak-to-strong)."""
+        if not self.guide_model:
+            return 2.0
+        cost = member_costs(self.model, self.guide_model)
+        return (cost["base"] + 2 * cost["guide"] + cost["value"]) / (cost["base"] + cost["value"])
+
+    @property
     def matched_candidates(self) -> int:
-        """K of CBS explicit at IVG's compute: two models over W x 2K rows = IVG's four over W x K."""
-        return 2 * self.candidates
+        """K of CBS explicit at IVG's compute (2K when the guides are the base's size)."""
+        return self.candidates_at(self.matched_scale)
 
     @property
     def matched_bon_n(self) -> int:
-        """N of best-of-N at IVG's compute (two models over 2 W K rows)."""
-        return self.beams * self.matched_candidates
+        """N of best-of-N at IVG's compute (2 W K when the guides are the base's size)."""
+        return max(1, round(self.beams * self.candidates * self.matched_scale))
+
+    def candidates_at(self, scale: float) -> int:
+        return max(1, round(self.candidates * scale))
 
     @property
     def sample_settings(self) -> DecodeSettings:
@@ -132,9 +151,13 @@ class SentimentConfig:
         return DecodeSettings(temperature=self.sample_temperature, max_new_tokens=self.max_new_tokens,
                               base_template=self.guide_template, stop=self.stop_string)
 
-    def decode_settings(self, method: str) -> DecodeSettings:
-        """The test-set decode of one method of the grid."""
+    def decode_settings(self, method: str, matched_scale: float | None = None) -> DecodeSettings:
+        """The test-set decode of one method of the grid (`matched_scale`: see that property; default: its
+        value)."""
         beam = (self.beams, self.candidates, self.chunk_length)
+        if matched_scale is None:  # only the matched methods need the models' configs
+            matched_scale = self.matched_scale if method.endswith("_matched") else 2.0
+        scale = matched_scale
         token, chunk, (beams, candidates, chunk_length) = {
             "base": ("none", "none", (1, 1, None)),
             "bon": ("none", "explicit", (1, self.bon_n, None)),  # best-of-N: one chunk of the whole budget
@@ -143,8 +166,9 @@ class SentimentConfig:
             "cbs_explicit": ("none", "explicit", beam),
             "ivg": ("implicit", "explicit", beam),
             "ivg_reversed": ("explicit", "implicit", beam),
-            "bon_matched": ("none", "explicit", (1, self.matched_bon_n, None)),
-            "cbs_explicit_matched": ("none", "explicit", (self.beams, self.matched_candidates, self.chunk_length)),
+            "bon_matched": ("none", "explicit", (1, max(1, round(self.beams * self.candidates * scale)), None)),
+            "cbs_explicit_matched": ("none", "explicit", (self.beams, self.candidates_at(scale), self.chunk_length)),
+            "bon_guide": ("none", "explicit", (1, self.bon_n, None)),
         }[method]
         return DecodeSettings(token=token, chunk=chunk, beams=beams, candidates=candidates,
                               chunk_length=chunk_length, temperature=self.temperature,
@@ -155,6 +179,36 @@ class SentimentConfig:
     def label(self, method: str) -> str:
         return METHOD_LABELS[method].format(n=self.bon_n, n_matched=self.matched_bon_n,
                                             k_matched=self.matched_candidates)
+
+
+def member_costs(model: str, guide_model: str) -> dict[str, int]:
+    """FLOPs per token of each model of a run (base, guide = tuned and reference, value), from configs alone."""
+    key = (model, guide_model)
+    if key not in _COSTS:
+        from ivg_jax.defaults import default_model_path
+        from ivg_jax.loading import inspect_model
+
+        base = inspect_model(model or str(default_model_path())).config
+        guide = inspect_model(guide_model).config if guide_model else base
+        _COSTS[key] = {"base": base.flops_per_token, "guide": guide.flops_per_token,
+                       "value": guide.replace(head="value").flops_per_token}
+    return _COSTS[key]
+
+
+_COSTS: dict[tuple[str, str], dict[str, int]] = {}
+
+
+def base_forward_factor(cfg: SentimentConfig, method: str) -> float:
+    """Base-forward tokens per model forward token of a method: its models' mean FLOPs per token over the base's.
+    Every model of a method runs the same rows, so this turns the engine's forward-token count into compute in
+    units of the base's forward. 1 when the guides are the base's size."""
+    if not cfg.guide_model:
+        return 1.0
+    cost = member_costs(cfg.model, cfg.guide_model)
+    role_cost = {"tuned": cost["guide"], "reference": cost["guide"], "value": cost["value"]}
+    models = [cost["guide" if method == "bon_guide" else "base"]]
+    models += [role_cost[r] for r in cfg.decode_settings(method, matched_scale=cfg.matched_scale).roles]
+    return sum(models) / (len(models) * cost["base"])
 
 
 SENTIMENT_HELP = {
@@ -179,7 +233,8 @@ SENTIMENT_HELP = {
     "train_top_blocks": "train only the top N blocks (none = full fine-tuning)",
     "sample_batch": "prompts per sampling call (one resumable part each)",
     "decode_batch": "prompts per decoding call (one resumable part each)",
-    "methods": "comma-separated subset of " + ",".join(METHODS) + " (the last two: baselines at IVG's compute; "
+    "methods": "comma-separated subset of " + ",".join(METHODS) + " (bon_matched, cbs_explicit_matched: "
+               "baselines at IVG's compute; bon_guide: the guide model's own best-of-N, with guide_model set; "
                "methods can be added to a finished run)", "dtype": "weights as float32 or bfloat16",
     "seed": "seed of sampling, labels and training",
 }
@@ -196,6 +251,14 @@ PRESETS = {
                  dpo_epochs=3.0, dpo_learning_rate=5e-4, fudge_epochs=1.0, fudge_learning_rate=1e-3,
                  train_batch_size=16, train_top_blocks=2, sample_batch=32, decode_batch=40, beams=2, candidates=4,
                  chunk_length=6, bon_n=4, methods="base,bon,eft,cbs_explicit,ivg"),
+    # Weak-to-strong (issue 15): Qwen2.5-Coder-0.5B guides (trained here, on the 0.5B's own samples) steer the
+    # frozen 1.5B (`ivg assets fetch` both first). The fast preset's recipe and sizes, plus the yardsticks of the
+    # setting: best-of-N at IVG's compute in base-forward FLOPs, and the 0.5B's own best-of-N.
+    "w2s": dict(model="qwen2.5-coder-1.5b", guide_model="qwen2.5-coder-0.5b", n_train=160, n_val=32, n_test=40,
+                samples_per_prompt=4, dpo_pairs="maxgap", max_new_tokens=24, dpo_epochs=3.0, dpo_learning_rate=5e-4,
+                fudge_epochs=1.0, fudge_learning_rate=1e-3, train_batch_size=16, train_top_blocks=2,
+                sample_batch=32, decode_batch=40, beams=2, candidates=4, chunk_length=6, bon_n=4,
+                methods="base,bon,eft,cbs_explicit,ivg,bon_matched,bon_guide"),
     # CI's check that command 1 runs in a fresh install: every stage and method on the real model, tiny sizes
     # (its numbers mean nothing).
     "smoke": dict(n_train=8, n_val=4, n_test=4, max_new_tokens=8, dpo_epochs=1.0, fudge_epochs=1.0,
@@ -482,10 +545,12 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
             continue
         with _stopwatch(cfg, f"decode/{method}"):
             settings, guidance = method_setup(cfg, models, method)
+            generator = models.guide if method == "bon_guide" else models.base
 
-            def work(first: int, chunk: Sequence[str], settings=settings, guidance=guidance) -> list[dict]:
+            def work(first: int, chunk: Sequence[str], settings=settings, guidance=guidance,
+                     generator=generator) -> list[dict]:
                 seeds = [_hash_seed(cfg.seed, "test", first + i) % 2**31 for i in range(len(chunk))]
-                out = settings.decode(models.base(), chunk, guidance, seeds)
+                out = settings.decode(generator(), chunk, guidance, seeds)
                 return [{"prompt": p, "text": out.texts[i], "tokens": out.tokens[i, :out.lengths[i]].tolist(),
                          "kl": float(out.kl[i].sum()), "score": float(out.scores[i]),
                          "forward_tokens": float(out.forward_tokens_per_prompt[i])} for i, p in enumerate(chunk)]
@@ -513,7 +578,8 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
                            "kl": float(np.mean([r["kl"] for r in rows])), "distinct_2": distinct_n(texts, 2),
                            "distinct_3": distinct_n(texts, 3),
                            "forward_tokens": float(np.mean([r["forward_tokens"] for r in rows])),
-                           "prompts": len(rows)}
+                           "compute": float(np.mean([r["forward_tokens"] for r in rows]))
+                           * base_forward_factor(cfg, method), "prompts": len(rows)}
     # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
     # is much tighter than two overlapping marginal intervals suggest.
     # IVG against every other method, and EFT against the base: whether the implicit guide alone has an effect.
@@ -538,21 +604,27 @@ STAGE_FNS = {"sample": stage_sample, "label": stage_label, "dpo": _stage_train("
 def results_table(cfg: SentimentConfig, results: dict) -> str:
     base = results.get("base")
     lines = ["| method | gold reward (95% CI) | NLL (nats/token) | ΔNLL vs base | KL(guided‖base) (nats) "
-             "| distinct-2 | distinct-3 | forward tokens / prompt |", "|---|---|---|---|---|---|---|---|"]
+             "| distinct-2 | distinct-3 | compute / prompt (base-forward tokens) |",
+             "|---|---|---|---|---|---|---|---|"]
     for method, r in results.items():
         label = cfg.label(method)
         delta = f"{r['nll'] - base['nll']:+.2f}" if base else "—"
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
-                     f"| {r['forward_tokens']:.0f} |")
+                     f"| {r['compute']:.0f} |")
     paired = [(a, b, d) for a in ("ivg", "eft") for b, d in results.get(a, {}).get("minus", {}).items()]
     if paired:
         lines += ["", "| paired difference (same prompts) | gold reward difference (95% paired CI) "
                   "| compute ratio |", "|---|---|---|"]
         for a, b, (mean, lo, hi) in paired:
-            ratio = results[a]["forward_tokens"] / results[b]["forward_tokens"]
+            ratio = results[a]["compute"] / results[b]["compute"]
             lines.append(f"| {_SHORT.get(a, a)} − {cfg.label(b)} | {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] "
                          f"| {ratio:.1f}x |")
+    if cfg.guide_model:
+        cost = member_costs(cfg.model, cfg.guide_model)
+        lines += ["", f"Weak-to-strong: guides from {cfg.guide_model}, {cost['guide'] / cost['base']:.2f}x the base's "
+                  f"({cfg.model}) FLOPs per token; compute counts each model's forward tokens at its FLOPs per "
+                  "token relative to the base's (trunks shared between guides not discounted)."]
     return "\n".join(lines)
 
 
@@ -568,13 +640,13 @@ def plot_results(cfg: SentimentConfig, results: dict) -> None:
     except ImportError:
         return
     for x_key, x_label, name in (("kl", "KL(guided ‖ base), nats per response", "reward_vs_kl.png"),
-                                 ("forward_tokens", "model forward tokens per prompt", "reward_vs_compute.png")):
+                                 ("compute", "compute per prompt (base-forward tokens)", "reward_vs_compute.png")):
         fig, ax = plt.subplots(figsize=(6, 4))
         for method, r in results.items():
             lo, hi = r["reward_ci"]
             ax.errorbar(r[x_key], r["reward"], yerr=[[r["reward"] - lo], [hi - r["reward"]]], fmt="o", capsize=3,
                         label=cfg.label(method))
-        if x_key == "forward_tokens":
+        if x_key == "compute":
             ax.set_xscale("log")
         ax.set_xlabel(x_label)
         ax.set_ylabel("gold reward (VADER logit), mean ± 95% CI")
@@ -626,7 +698,7 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
         for method in cfg.method_list:
             settings, guidance = method_setup(cfg, shells, method)
             with _naming(f"test prompts ({method})"):
-                settings.preflight(shell, prompts["test"], guidance)
+                settings.preflight(guide_shell if method == "bon_guide" else shell, prompts["test"], guidance)
 
 
 @contextlib.contextmanager
