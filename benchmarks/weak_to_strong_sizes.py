@@ -58,32 +58,35 @@ def main() -> None:
     print("| dtype | call | prompts | rows | first call (s) | s / call | s / prompt |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for dtype in args.dtypes.split(","):
-        t = time.perf_counter()
-        guide = ivg_jax.load_model(cfg.guide_model, dtype=dtype)
-        base = ivg_jax.load_model(cfg.model, dtype=dtype)
-        print(f"| {dtype} | load both | | | {time.perf_counter() - t:.1f} | | |", flush=True)
-        tuned = retrained(guide, 2, 1)
-        value = retrained(attach_head(guide, "value", scale=0.01, seed=2), 2, 3)
+        measure(cfg, dtype, pool, args)
 
-        def report(name, call, prompts, rows):
-            first, median = seconds_per_call(call, args.repeats)
-            print(f"| {dtype} | {name} | {prompts} | {rows} | {first:.1f} | {median:.1f} | {median / prompts:.2f} |",
-                  flush=True)
 
-        sample = cfg.sample_settings
-        n = cfg.samples_per_prompt
-        rows = [p for p in pool[:args.sample_prompts] for _ in range(n)]
-        report(f"sample from the guide model ({n} per prompt)",
-               lambda: sample.decode(guide, rows, sample.guidance(), range(len(rows))), args.sample_prompts, len(rows))
-        chunk = pool[:args.decode_prompts]
-        for method in ("base", "ivg"):
-            settings = cfg.decode_settings(method)
-            guidance = settings.guidance(tuned=lambda: tuned, reference=lambda: guide, value=lambda: value)
-            width = settings.beams * settings.candidates
-            report(f"{method} (base {cfg.model})", lambda s=settings, g=guidance: s.decode(base, chunk, g, range(len(chunk))),
-                   len(chunk), len(chunk) * width)
-        del guide, base, tuned, value
+def measure(cfg: SentimentConfig, dtype: str, pool: list[str], args) -> None:
+    """One table row per call of the run, its models in `dtype`."""
+    t = time.perf_counter()
+    guide = ivg_jax.load_model(cfg.guide_model, dtype=dtype)
+    base = ivg_jax.load_model(cfg.model, dtype=dtype)
+    print(f"| {dtype} | load both | | | {time.perf_counter() - t:.1f} | | |", flush=True)
+    tuned = retrained(guide, 2, 1)
+    value = retrained(attach_head(guide, "value", scale=0.01, seed=2), 2, 3)
 
+    def report(name, call, prompts, rows):
+        first, median = seconds_per_call(call, args.repeats)
+        print(f"| {dtype} | {name} | {prompts} | {rows} | {first:.1f} | {median:.1f} | {median / prompts:.2f} |",
+              flush=True)
+
+    sample = cfg.sample_settings
+    n = cfg.samples_per_prompt
+    rows = [p for p in pool[:args.sample_prompts] for _ in range(n)]
+    report(f"sample from the guide model ({n} per prompt)",
+           lambda: sample.decode(guide, rows, sample.guidance(), range(len(rows))), args.sample_prompts, len(rows))
+    chunk = pool[:args.decode_prompts]
+    for method in ("base", "ivg"):
+        settings = cfg.decode_settings(method)
+        guidance = settings.guidance(tuned=lambda: tuned, reference=lambda: guide, value=lambda: value)
+        report(f"{method} (base {cfg.model})",
+               lambda s=settings, g=guidance: s.decode(base, chunk, g, range(len(chunk))),
+               len(chunk), len(chunk) * settings.beams * settings.candidates)
 
 if __name__ == "__main__":
     main()
