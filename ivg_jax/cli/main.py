@@ -56,6 +56,7 @@ TRAIN_HELP = {
     "eval_every": "validate every N steps",
     "save_every": "checkpoint every N steps (asynchronously)",
     "keep_last": "checkpoints kept besides the best validated one",
+    "select": "the weights exported: best (lowest validation loss, the start included) or final (the last step)",
     "log_every": "write a train line to metrics.jsonl every N steps",
     "mesh_data": "devices along the data axis (batch split)",
     "mesh_model": "devices along the model axis (tensor parallel)",

@@ -7,7 +7,8 @@ Run directory layout:
     validation/<step>.npz  per-example validation outputs (file order)
     reference_logprobs.npz  DPO with precomputed reference log-probs (computed once, reused on resume)
     checkpoints/<step>/   Orbax checkpoints (latest N + best by validation)
-    export/               the best checkpoint as an HF directory (our loader and transformers both read it)
+    export/               the exported checkpoint (the best validated, or the final with select="final") as an HF
+                          directory (our loader and transformers both read it)
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ REFERENCE_MODES = ("precompute", "per_batch")
 # XLA), on top of the default tensor-parallel rules.
 FSDP_RULES = tuple((name, "data") if name == "embed" else (name, axis) for name, axis in DEFAULT_RULES)
 DATA_KIND = {"sft": "sft", "dpo": "preference", "reward": "preference", "fudge": "scored"}
+# Which checkpoint a finished run exports. "final" suits small, noisy validation sets, where the best-by-loss
+# step is mostly chance (a fixed schedule decaying to 0 is the usual DPO recipe).
+SELECT = ("best", "final")
 BEST_METRIC = {"sft": "val_loss", "dpo": "val_loss", "reward": "val_loss", "fudge": "val_mse"}
 
 
@@ -82,6 +86,7 @@ class TrainConfig:
     eval_every: int = 50
     save_every: int = 50
     keep_last: int = 2
+    select: str = "best"  # the exported weights: "best" validated step (the start included) or "final" step
     log_every: int = 1
     mesh_data: int = 1
     mesh_model: int = 1
@@ -102,6 +107,8 @@ class TrainConfig:
             raise InputError(f"steps must be >= 1; got {self.steps}")
         if self.epochs <= 0:
             raise InputError(f"epochs must be > 0; got {self.epochs}")
+        if self.select not in SELECT:
+            raise InputError(f"select must be one of {', '.join(SELECT)}; got {self.select!r}")
         if self.reference and self.objective != "dpo":
             raise InputError(f"a reference model only applies to DPO, not {self.objective}")
 
@@ -125,8 +132,8 @@ class TrainConfig:
 class TrainResult:
     run_dir: Path
     final_step: int
-    best_step: int | None
-    best_metrics: dict | None
+    best_step: int | None  # the exported step: the best validated one, or the final one (select="final")
+    best_metrics: dict | None  # its validation metrics
     export_dir: Path | None
     model: Model  # the best weights, merged
 
@@ -287,7 +294,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
             checkpoints.save(step, state, meta(), wait=True)
         checkpoints.close()
         return TrainResult(run_dir, step, None, None, None, model.with_params(join_params(state["params"], frozen)))
-    best = checkpoints.best_step()
+    best = checkpoints.best_step() if cfg.select == "best" else step
     if best != step:
         state, _ = checkpoints.restore(best, state)
     best_metrics = checkpoints.manager.metrics(best) if best is not None else None
