@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from synthetic import preference_records, scored_records, tiny_model, write_jsonl
 
+import ivg_jax
 from ivg_jax.training import TrainConfig, train
 from ivg_jax.training.checkpoint import Checkpoints
 
@@ -91,6 +92,27 @@ def test_best_checkpoint_can_be_the_starting_point(tmp_path):
     assert result.best_metrics["val_loss"] == pytest.approx(np.log(2), abs=1e-6)  # policy == reference
     for a, b in zip(jax.tree.leaves(base.params), jax.tree.leaves(result.model.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_select_final_returns_the_last_step_even_when_validation_prefers_the_start(tmp_path):
+    """The same run as above with select="final": the weights of step 4 (a straight run without validation has
+    them too), its own validation metrics, and the export is those weights."""
+    data = write_jsonl(tmp_path / "train.jsonl", preference_records(32, 0))
+    val = write_jsonl(tmp_path / "val.jsonl", preference_records(16, 1))
+    base = tiny_model(seed=0)
+    common = dict(objective="dpo", train_data=data, batch_size=8, steps=4, learning_rate=50.0, warmup_ratio=0.0,
+                  clip_norm=None, save_every=2, max_length=16)
+    final = train(TrainConfig(val_data=val, output_dir=str(tmp_path / "final"), eval_every=2, select="final",
+                              **common), model=base, progress=False)
+    plain = train(TrainConfig(output_dir=str(tmp_path / "plain"), export=False, **common), model=base,
+                  progress=False)
+    assert final.best_step == final.final_step == 4
+    assert final.best_metrics["val_loss"] > np.log(2)  # worse than the start, which "best" would have returned
+    exported = ivg_jax.load_model(str(final.export_dir))
+    for a, b, c in zip(jax.tree.leaves(plain.model.params), jax.tree.leaves(final.model.params),
+                       jax.tree.leaves(exported.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_allclose(np.asarray(c), np.asarray(b), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("higher_is_better, best", [(False, 2), (True, 3)])
