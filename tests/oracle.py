@@ -112,3 +112,13 @@ def small_tmpfs(path, size: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def ours_and_transformers(gguf_path):
+    """(our model, transformers' fp32 model) read from the same GGUF file: the real-weights parity tests' pair."""
+    import ivg_jax
+
+    ours = ivg_jax.load_model(str(gguf_path))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
+                                                           dtype=torch.float32).eval()
+    return ours, hf

@@ -17,6 +17,7 @@ if not PATH.exists() or PATH.stat().st_size != ASSET.size:
                 allow_module_level=True)
 
 import torch  # noqa: E402
+from oracle import ours_and_transformers  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding.plain import complete  # noqa: E402
@@ -26,11 +27,7 @@ PROMPTS = ["Here is a movie review from imdb: I watched this movie last night an
 
 @pytest.fixture(scope="module")
 def models():
-    from transformers import AutoModelForCausalLM
-
-    ours = ivg_jax.load_model(str(PATH))
-    hf = AutoModelForCausalLM.from_pretrained(str(PATH.parent), gguf_file=PATH.name, dtype=torch.float32).eval()
-    return ours, hf
+    return ours_and_transformers(PATH)
 
 
 def test_config(models):

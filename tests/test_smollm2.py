@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from oracle import ours_and_transformers
 
 import ivg_jax
 from ivg_jax.decoding.plain import complete
@@ -19,12 +20,7 @@ NEW_TOKENS = 32
 
 @pytest.fixture(scope="module")
 def models():
-    path = default_model_path()
-    ours = ivg_jax.load_model(path)
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
-    return ours, hf
+    return ours_and_transformers(default_model_path())
 
 
 def test_config_read_from_gguf(models):
