@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -107,8 +108,10 @@ class SentimentConfig:
             # templates, stop string and sampling, checked once, where decoding does (the matched sizes, which
             # need the models' configs, are checked by the preflight)
             self.decode_settings(method, matched_scale=2.0)
-        if self.dpo_select not in ("best", "final"):  # the trainer's SELECT, checked before any sampling
-            raise InputError(f"dpo_select must be best or final; got {self.dpo_select!r}")
+        from ivg_jax.training.trainer import SELECT
+
+        if self.dpo_select not in SELECT:  # checked here too: the trainer's check comes after the sampling
+            raise InputError(f"dpo_select must be one of {', '.join(SELECT)}; got {self.dpo_select!r}")
         if self.dpo_pairs not in PAIR_SCHEMES:
             raise InputError(f"dpo_pairs must be one of {', '.join(PAIR_SCHEMES)}; got {self.dpo_pairs!r}")
         if self.samples_per_prompt < 2:
@@ -137,15 +140,16 @@ class SentimentConfig:
     @property
     def matched_candidates(self) -> int:
         """K of CBS explicit at IVG's compute (2K when the guides are the base's size)."""
-        return self.candidates_at(self.matched_scale)
+        return self._matched_sizes(self.matched_scale)[1]
 
     @property
     def matched_bon_n(self) -> int:
         """N of best-of-N at IVG's compute (2 W K when the guides are the base's size)."""
-        return max(1, round(self.beams * self.candidates * self.matched_scale))
+        return self._matched_sizes(self.matched_scale)[0]
 
-    def candidates_at(self, scale: float) -> int:
-        return max(1, round(self.candidates * scale))
+    def _matched_sizes(self, scale: float) -> tuple[int, int]:
+        """(N of best-of-N, K of CBS explicit) spending `scale` times their own per-row compute."""
+        return max(1, round(self.beams * self.candidates * scale)), max(1, round(self.candidates * scale))
 
     @property
     def sample_settings(self) -> DecodeSettings:
@@ -160,7 +164,7 @@ class SentimentConfig:
         beam = (self.beams, self.candidates, self.chunk_length)
         if matched_scale is None:  # only the matched methods need the models' configs
             matched_scale = self.matched_scale if method.endswith("_matched") else 2.0
-        scale = matched_scale
+        matched_n, matched_k = self._matched_sizes(matched_scale)
         token, chunk, (beams, candidates, chunk_length) = {
             "base": ("none", "none", (1, 1, None)),
             "bon": ("none", "explicit", (1, self.bon_n, None)),  # best-of-N: one chunk of the whole budget
@@ -169,8 +173,8 @@ class SentimentConfig:
             "cbs_explicit": ("none", "explicit", beam),
             "ivg": ("implicit", "explicit", beam),
             "ivg_reversed": ("explicit", "implicit", beam),
-            "bon_matched": ("none", "explicit", (1, max(1, round(self.beams * self.candidates * scale)), None)),
-            "cbs_explicit_matched": ("none", "explicit", (self.beams, self.candidates_at(scale), self.chunk_length)),
+            "bon_matched": ("none", "explicit", (1, matched_n, None)),
+            "cbs_explicit_matched": ("none", "explicit", (self.beams, matched_k, self.chunk_length)),
             "bon_guide": ("none", "explicit", (1, self.bon_n, None)),
         }[method]
         return DecodeSettings(token=token, chunk=chunk, beams=beams, candidates=candidates,
@@ -184,21 +188,21 @@ class SentimentConfig:
                                             k_matched=self.matched_candidates)
 
 
+@functools.lru_cache(maxsize=8)
 def member_costs(model: str, guide_model: str) -> dict[str, int]:
     """FLOPs per token of each model of a run (base, guide = tuned and reference, value), from configs alone."""
-    key = (model, guide_model)
-    if key not in _COSTS:
-        from ivg_jax.defaults import default_model_path
-        from ivg_jax.loading import inspect_model
+    from ivg_jax.defaults import default_model_path
+    from ivg_jax.loading import inspect_model
 
-        base = inspect_model(model or str(default_model_path())).config
-        guide = inspect_model(guide_model).config if guide_model else base
-        _COSTS[key] = {"base": base.flops_per_token, "guide": guide.flops_per_token,
-                       "value": guide.replace(head="value").flops_per_token}
-    return _COSTS[key]
+    base = inspect_model(model or str(default_model_path())).config
+    guide = inspect_model(guide_model).config if guide_model else base
+    return {"base": base.flops_per_token, "guide": guide.flops_per_token,
+            "value": guide.replace(head="value").flops_per_token}
 
 
-_COSTS: dict[tuple[str, str], dict[str, int]] = {}
+def generator_of(method: str) -> str:
+    """The model a method samples from: "guide" for the guide model's own best-of-N, else "base"."""
+    return "guide" if method == "bon_guide" else "base"
 
 
 def base_forward_factor(cfg: SentimentConfig, method: str) -> float:
@@ -209,8 +213,7 @@ def base_forward_factor(cfg: SentimentConfig, method: str) -> float:
         return 1.0
     cost = member_costs(cfg.model, cfg.guide_model)
     role_cost = {"tuned": cost["guide"], "reference": cost["guide"], "value": cost["value"]}
-    models = [cost["guide" if method == "bon_guide" else "base"]]
-    models += [role_cost[r] for r in cfg.decode_settings(method, matched_scale=cfg.matched_scale).roles]
+    models = [cost[generator_of(method)]] + [role_cost[r] for r in cfg.decode_settings(method).roles]
     return sum(models) / (len(models) * cost["base"])
 
 
@@ -244,30 +247,28 @@ SENTIMENT_HELP = {
     "seed": "seed of sampling, labels and training",
 }
 
+# The README's main job: under 10 minutes on 2 CPU cores, sized so that the paired intervals of the claims
+# it prints (IVG above base, EFT and CBS explicit; EFT above base) clear 0. Four samples per train prompt
+# give max-gap DPO pairs (the best against the worst sample: the clearest signal a few pairs can carry;
+# benchmarks/dpo_recipes.py compares schemes). The two costliest methods (CBS implicit, reversed IVG) are
+# left to the full preset (add them with --methods). Batches are multiples of 8, the engine's prompt bucket
+# (20 prompts ran as 24), and one decode batch holds every test prompt. The DPO guide is the final step of 5
+# epochs: selecting the best step on 64 noisy validation pairs was chance (a run on another CPU picked step
+# 12 of 27 and EFT's gain over the base fell inside noise); 3 / 4 / 5 / 6 epochs gave EFT - base +0.44 /
+# +0.82 / +1.19 / +1.90 on the same data, the NLL rising with the shift (5 epochs: +0.12 nats/token).
+_FAST = dict(n_train=160, n_val=32, n_test=40, samples_per_prompt=4, dpo_pairs="maxgap", max_new_tokens=24,
+             dpo_epochs=5.0, dpo_select="final", dpo_learning_rate=5e-4, fudge_epochs=1.0, fudge_learning_rate=1e-3,
+             train_batch_size=16, train_top_blocks=2, sample_batch=32, decode_batch=40, beams=2, candidates=4,
+             chunk_length=6, bon_n=4, methods="base,bon,eft,cbs_explicit,ivg")
+
 PRESETS = {
     "full": {},
-    # The README's main job: under 10 minutes on 2 CPU cores, sized so that the paired intervals of the claims
-    # it prints (IVG above base, EFT and CBS explicit; EFT above base) clear 0. Four samples per train prompt
-    # give max-gap DPO pairs (the best against the worst sample: the clearest signal a few pairs can carry;
-    # benchmarks/dpo_recipes.py compares schemes). The two costliest methods (CBS implicit, reversed IVG) are
-    # left to the full preset (add them with --methods). Batches are multiples of 8, the engine's prompt bucket
-    # (20 prompts ran as 24), and one decode batch holds every test prompt. The DPO guide is the final step of 5
-    # epochs: selecting the best step on 64 noisy validation pairs was chance (a run on another CPU picked step
-    # 12 of 27 and EFT's gain over the base fell inside noise); 3 / 4 / 5 / 6 epochs gave EFT - base +0.44 /
-    # +0.82 / +1.19 / +1.90 on the same data, the NLL rising with the shift (5 epochs: +0.12 nats/token).
-    "fast": dict(n_train=160, n_val=32, n_test=40, samples_per_prompt=4, dpo_pairs="maxgap", max_new_tokens=24,
-                 dpo_epochs=5.0, dpo_select="final", dpo_learning_rate=5e-4, fudge_epochs=1.0, fudge_learning_rate=1e-3,
-                 train_batch_size=16, train_top_blocks=2, sample_batch=32, decode_batch=40, beams=2, candidates=4,
-                 chunk_length=6, bon_n=4, methods="base,bon,eft,cbs_explicit,ivg"),
-    # Weak-to-strong (issue 15): Qwen2.5-Coder-0.5B guides (trained here, on the 0.5B's own samples) steer the
-    # frozen 1.5B (`ivg assets fetch` both first). The fast preset's recipe and sizes, plus the yardsticks of the
-    # setting: best-of-N at IVG's compute in base-forward FLOPs, and the 0.5B's own best-of-N.
-    "w2s": dict(model="qwen2.5-coder-1.5b", guide_model="qwen2.5-coder-0.5b", n_train=160, n_val=32, n_test=40,
-                samples_per_prompt=4, dpo_pairs="maxgap", max_new_tokens=24, dpo_epochs=5.0, dpo_select="final",
-                dpo_learning_rate=5e-4,
-                fudge_epochs=1.0, fudge_learning_rate=1e-3, train_batch_size=16, train_top_blocks=2,
-                sample_batch=32, decode_batch=40, beams=2, candidates=4, chunk_length=6, bon_n=4,
-                methods="base,bon,eft,cbs_explicit,ivg,bon_matched,bon_guide"),
+    "fast": _FAST,
+    # Weak-to-strong (issue 15): Qwen2.5-Coder-0.5B guides (trained here, on the 0.5B's own samples) steer the frozen
+    # 1.5B (`ivg assets fetch` both first). The fast preset's recipe and sizes, plus the yardsticks of the setting:
+    # best-of-N at IVG's compute in base-forward FLOPs, and the 0.5B's own best-of-N.
+    "w2s": {**_FAST, "model": "qwen2.5-coder-1.5b", "guide_model": "qwen2.5-coder-0.5b",
+            "methods": "base,bon,eft,cbs_explicit,ivg,bon_matched,bon_guide"},
     # CI's check that command 1 runs in a fresh install: every stage and method on the real model, tiny sizes
     # (its numbers mean nothing).
     "smoke": dict(n_train=8, n_val=4, n_test=4, max_new_tokens=8, dpo_epochs=1.0, fudge_epochs=1.0,
@@ -554,7 +555,7 @@ def stage_decode(cfg: SentimentConfig, models: Models, progress: bool = True) ->
             continue
         with _stopwatch(cfg, f"decode/{method}"):
             settings, guidance = method_setup(cfg, models, method)
-            generator = models.guide if method == "bon_guide" else models.base
+            generator = getattr(models, generator_of(method))
 
             def work(first: int, chunk: Sequence[str], settings=settings, guidance=guidance,
                      generator=generator) -> list[dict]:
@@ -707,7 +708,7 @@ def preflight(cfg: SentimentConfig, stages: Sequence[str] = STAGES) -> None:
         for method in cfg.method_list:
             settings, guidance = method_setup(cfg, shells, method)
             with _naming(f"test prompts ({method})"):
-                settings.preflight(guide_shell if method == "bon_guide" else shell, prompts["test"], guidance)
+                settings.preflight(getattr(shells, generator_of(method))(), prompts["test"], guidance)
 
 
 @contextlib.contextmanager
