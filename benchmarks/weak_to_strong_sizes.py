@@ -88,5 +88,6 @@ def measure(cfg: SentimentConfig, dtype: str, pool: list[str], args) -> None:
                lambda s=settings, g=guidance: s.decode(base, chunk, g, range(len(chunk))),
                len(chunk), len(chunk) * settings.beams * settings.candidates)
 
+
 if __name__ == "__main__":
     main()
