@@ -2,7 +2,7 @@
 
 All rows write the same slot (`index`) at each call, so the write is one `dynamic_update_slice`; padding is
 handled by per-slot positions (`pos == -1` marks a slot that holds no token of that row), which is also what
-the attention mask is derived from. Reordering beams is one gather on the batch axis of every leaf.
+the attention mask is derived from. Reordering beams gathers the batch axis layer by layer, in place.
 """
 
 from __future__ import annotations
@@ -47,6 +47,20 @@ class KVCache:
         )
 
     def take(self, rows: jax.Array) -> KVCache:
-        """Selects/reorders rows (beam reordering, broadcasting a prompt's cache). rows: [B'] int."""
+        """Selects/reorders rows (broadcasting a prompt's cache, compacting a batch). rows: [B'] int."""
         return KVCache(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
                        pos=jnp.take(self.pos, rows, axis=0), index=self.index)
+
+    def permute(self, rows: jax.Array) -> KVCache:
+        """The same rows in a new order (beam reordering; rows: [B] int), one layer at a time: a whole-cache
+        gather needs a second cache-sized buffer while the old one is live, a per-layer one only one layer's
+        worth, written back in place."""
+        if self.k.shape[0] == 0:  # a member whose blocks all run in a shared trunk
+            return self.take(rows)
+
+        def layer(i, kv):
+            return tuple(jax.lax.dynamic_update_index_in_dim(
+                x, jnp.take(jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), rows, axis=0), i, 0) for x in kv)
+
+        k, v = jax.lax.fori_loop(0, self.k.shape[0], layer, (self.k, self.v))
+        return KVCache(k=k, v=v, pos=jnp.take(self.pos, rows, axis=0), index=self.index)
