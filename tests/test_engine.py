@@ -225,6 +225,76 @@ def test_finished_rows_are_frozen_and_not_duplicated(models):
         assert len(set(finished)) == len(finished)
 
 
+def test_beam_reordering_needs_no_second_copy_of_the_caches(monkeypatch):
+    """XLA's buffer assignment for a chunk-level search at 256 rows: beyond its arguments and its output (the final
+    state), the program needs a small fraction of the decode state, because selection permutes the caches one
+    layer at a time in place; a whole-cache gather (the measure's sanity check) needs a second state's worth."""
+    from ivg_jax.model.cache import KVCache
+
+    cfg = CFG.replace(vocab_size=256, n_layers=8, max_positions=128)
+    base, value = ivg_jax.init_model(cfg, 0), ivg_jax.init_model(cfg.replace(head="value"), 1)
+    prompts = [[5 + i, 6, 7] for i in range(16)]
+
+    def temp_over_state():
+        call = engine.plan(base, prompts, Guidance(explicit=ExplicitGuide(value, 1.0), chunk="explicit"),
+                           Search(4, 4, 5), Sampling(1.0), 60, stop_ids=STOP)
+        inputs, _, _ = engine.encode_inputs(call, prompts, 0)
+        params = engine.placed_params(call)
+        state = jax.eval_shape(lambda: engine.init_state(call.program, params, inputs))
+        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+        # a fresh function each time: jit's trace cache must not return the other variant's program
+        compiled = jax.jit(lambda p, i: engine.run.__wrapped__(call.program, p, i)).lower(params, inputs).compile()
+        return compiled.memory_analysis().temp_size_in_bytes / state_bytes
+
+    assert temp_over_state() < 0.25  # 8 layers: one layer's k and v, plus small per-row arrays
+    monkeypatch.setattr(KVCache, "permute", KVCache.take)
+    assert temp_over_state() > 0.9
+
+
+EARLY_STOP = tuple(range(1, 6))  # 5 of 61 ids end a row: rows stop at very different steps
+
+
+@pytest.mark.parametrize("token,chunk,search", [("none", "explicit", best_of_n(3)),
+                                                ("implicit", "explicit", Search(2, 3, 3))],
+                         ids=["rows-leave-one-by-one", "prompts-leave-whole"])
+def test_compaction_drops_finished_rows_and_changes_no_result(models, token, chunk, search):
+    """Levels of halved batch (rows, or whole prompts when selections follow) give the uncompacted search's
+    results — and the cache-free reference's — while the compiled program really runs the smaller batches."""
+    rng = np.random.default_rng(0)
+    prompts = [[int(t) for t in rng.integers(6, 61, size=n)] for n in (1, 3, 5, 2, 4, 1, 6, 3)]
+    g = _guidance(models, token, chunk)
+    common = dict(sampling=Sampling(1.0), max_new_tokens=12, seed=3, stop_ids=EARLY_STOP)
+    full = generate(models["base"], prompts, g, search, **common)
+    compact = generate(models["base"], prompts, g, search, compaction=2, **common)
+    lengths = full.rows["lengths"]
+    assert (lengths < 4).any() and (lengths == 12).any() and len(set(lengths.tolist())) > 4
+    for key in ("tokens", "lengths", "done", "duplicate"):
+        np.testing.assert_array_equal(compact.rows[key], full.rows[key])
+    np.testing.assert_array_equal(compact.tokens, full.tokens)
+    for key in ("scores", "log_ratio", "kl"):
+        np.testing.assert_allclose(getattr(compact, key), getattr(full, key), atol=1e-5)
+    np.testing.assert_array_equal(compact.forward_tokens_per_prompt, full.forward_tokens_per_prompt)
+    width = search.rows_per_prompt
+    for p, prompt in enumerate(prompts):
+        ids = {"base": prompt, "value": prompt, ("tuned", 0): prompt, ("ref", 0): prompt, ("tuned", 1): prompt,
+               ("ref", 1): prompt}
+        implicit = [(models["tuned0"], models["ref0"], 1.0), (models["tuned1"], models["ref1"], -0.5)]
+        ref = reference_search(models["base"], ids, implicit, (models["value"], 2.0), token, chunk, search.beams,
+                               search.candidates, search.chunk_length, 12, Sampling(1.0), _prompt_key(3, p),
+                               EARLY_STOP)
+        _assert_same(compact, ref, p, width)
+
+    def token_buffers(compaction):
+        call = engine.plan(models["base"], prompts, g, search, Sampling(1.0), 12, stop_ids=EARLY_STOP,
+                           compaction=compaction)
+        inputs, _, _ = engine.encode_inputs(call, prompts, 3)
+        text = engine.run.lower(call.program, engine.placed_params(call), inputs).as_text()
+        return {rows for rows in range(1, len(prompts) * width) if f"tensor<{rows}x12xi32>" in text}
+
+    assert token_buffers(0) == set()
+    assert token_buffers(2) == {len(prompts) * width // 2 ** i for i in (1, 2)}  # halved units: R/2, R/4 rows
+
+
 def test_bad_input_is_rejected_before_compiling(models):
     base = models["base"]
     g = _guidance(models, "implicit", "explicit")
@@ -254,6 +324,9 @@ def test_bad_input_is_rejected_before_compiling(models):
                  implicit_weights=[[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
     with pytest.raises(InputError, match="stop strings must be non-empty"):
         generate(base, PROMPTS, g, Search(1, 1), stop_strings=[""])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(InputError, match="compaction must be an int >= 0"):
+            generate(base, PROMPTS, g, Search(1, 1), compaction=bad)
     other_vocab = ivg_jax.init_model(CFG.replace(vocab_size=67), 8)
     with pytest.raises(InputError, match="does not share the base's vocabulary"):
         generate(base, PROMPTS, Guidance(implicit=[ImplicitGuide(other_vocab, other_vocab)], token="implicit"))

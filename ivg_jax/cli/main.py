@@ -84,6 +84,9 @@ DECODE_HELP = {
     "base_template": "the base model's prompt template ({prompt} field)",
     "guide_template": "the guides' prompt template",
     "stop": "a stop string that ends a response (trimmed from the text)",
+    "compaction": "halve the batch up to N times as rows finish, so finished rows stop costing model steps "
+                  "(each halving compiles once more; worth it for long budgets where responses end early; "
+                  "results unchanged)",
     "prompt_field": "name of the prompt field of the input records",
     "id_field": "name of the id field (default ids: line numbers)",
     "batch_size": "prompts per compiled call",

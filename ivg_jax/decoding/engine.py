@@ -67,6 +67,7 @@ class Program:
     n_stop_strings: int = 0  # S: one match state per row per stop string
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
     trunks: tuple[Trunk, ...] = ()  # groups of members whose bottom blocks run once (ivg_jax.decoding.trunks)
+    compaction: int = 0  # halvings of the batch as rows finish (`_run_compacting`); 0 = every row runs to the end
 
     @property
     def n_implicit(self) -> int:  # G
@@ -247,7 +248,7 @@ def chunk_scores(program: Program, state: DecodeState) -> jax.Array:
 
 def _reorder(state: DecodeState, rows: jax.Array) -> DecodeState:
     take = functools.partial(jnp.take, indices=rows, axis=0)
-    return _map_rows(state, take, lambda c: c.take(rows), HYPOTHESIS_FIELDS)
+    return _map_rows(state, take, lambda c: c.permute(rows), HYPOTHESIS_FIELDS)
 
 
 def _select(program: Program, state: DecodeState, scores: jax.Array | None = None):
@@ -318,12 +319,99 @@ def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
 @functools.partial(jax.jit, static_argnames=("program",))
 def run(program: Program, params: Members, inputs: Inputs):
     """The whole search -> the final `DecodeState` (rows R = P·W·K) and the best row of each prompt [P]."""
+    if program.compaction:
+        return _run_compacting(program, params, inputs)
     chunk = functools.partial(_run_chunk, program, params, inputs)
     state = chunk(_init_state(program, params, inputs))
     state = jax.lax.while_loop(
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
         lambda s: chunk(_select(program, s)[0]), state)
     return state, _best_rows(program, chunk_scores(program, state))
+
+
+# ------------------------------------------------------------------------------- finished-row compaction
+# Rows that finished still run through every model: the batch is static. With `Program.compaction` = n, the
+# search runs in up to n + 1 levels of shrinking batch, all in the same compiled program: when no more than half
+# of the current units are still running, the running ones are gathered (with their caches, keys and per-row
+# weights) into a batch half the size and the search continues there; what the finished ones hold is written back
+# to full-size result arrays first. A unit is a prompt's W·K rows when selections follow (a search of several
+# chunks: selection needs all of a prompt's rows), else one row. Each level's step compiles once (compile time
+# grows with n); the numbers are those of the uncompacted search, up to float rounding of the smaller batch.
+
+def _unit_rows(program: Program) -> int:  # u: rows that leave the batch together
+    return program.width if program.n_chunks > 1 else 1
+
+
+def _alive_units(state: DecodeState, u: int) -> jax.Array:
+    """[U] whether each unit of u rows still has a running row."""
+    return ~jnp.all(state.done.reshape(-1, u), axis=1)
+
+
+def _running(program: Program, state: DecodeState) -> jax.Array:
+    return (state.step < program.n_steps) & ~jnp.all(state.done)
+
+
+def _level_capacities(program: Program, n_units: int) -> list[int]:
+    """Unit counts of the levels after the first: halvings, rounded up to the mesh's data shards."""
+    shards = program.mesh.shape["data"] if program.mesh is not None else 1
+    caps = []
+    for i in range(1, program.compaction + 1):
+        halved = -(-n_units // 2 ** i)  # ceil
+        cap = -(-halved // shards) * shards
+        if cap < (caps[-1] if caps else n_units):
+            caps.append(cap)
+    return caps
+
+
+def _run_level(program: Program, step, state: DecodeState, capacity: int, u: int) -> DecodeState:
+    """Token steps, with a selection after each chunk that another follows (as `run` does), until the search
+    ends or at most `capacity` units run."""
+    length = program.chunk_length
+    going = lambda s: _running(program, s) & (jnp.sum(_alive_units(s, u)) > capacity)  # noqa: E731
+
+    def chunk(s):  # to the end of the current chunk, then its selection
+        s = jax.lax.while_loop(lambda c: ((c[1] == 0) | (c[0].step % length != 0)) & going(c[0]),
+                               lambda c: (step(c[0]), c[1] + 1), (s, 0))[0]
+        ended = (s.step % length == 0) & _running(program, s)
+        return jax.lax.cond(ended, lambda s: _select(program, s)[0], lambda s: s, s)
+
+    return jax.lax.while_loop(going, chunk, state)
+
+
+def _write_back(full: DecodeState, level: DecodeState, origin: jax.Array, width: int) -> DecodeState:
+    """The level's hypotheses into the full-size result at their original rows `origin` [R_level]; its work
+    (per unit of its batch) added to the prompts it belongs to."""
+    fields = {f: getattr(full, f).at[origin].set(getattr(level, f)) for f in HYPOTHESIS_FIELDS}
+    owner = origin.reshape(level.work.shape[0], -1)[:, 0] // width
+    return dataclasses.replace(full, work=full.work.at[owner].add(level.work), step=level.step,
+                               chunk=level.chunk, **fields)
+
+
+def _run_compacting(program: Program, params: Members, inputs: Inputs):
+    """`run` in levels of shrinking batch (see above) -> (state holding the hypotheses of every row R, without
+    caches; the best row of each prompt [P])."""
+    width, u = program.width, _unit_rows(program)
+    state = _init_state(program, params, inputs)
+    n_rows = state.done.shape[0]
+    origin = jnp.arange(n_rows)  # [R_level] the full-size row of each row of the level's batch
+    full = dataclasses.replace(state, caches=state.caches.map(lambda _: None), trunk_caches=(),
+                               outputs=state.outputs.map(lambda _: None), work=jnp.zeros_like(state.work))
+    caps = _level_capacities(program, n_rows // u)
+    for level, next_cap in enumerate([*caps, 0]):
+        if level:  # gather the running units into a batch of `caps[level - 1]` units
+            full = _write_back(full, state, origin, width)
+            units = jnp.argsort(~_alive_units(state, u), stable=True)[:caps[level - 1]]
+            rows = (units[:, None] * u + jnp.arange(u)).reshape(-1)
+            take = functools.partial(jnp.take, indices=rows, axis=0)
+            state = _map_rows(state, take, lambda c, rows=rows: c.take(rows), HYPOTHESIS_FIELDS + ("keys",))
+            state = _constrain_rows(program, dataclasses.replace(state, work=jnp.zeros(len(units), jnp.int32)))
+            origin = jnp.take(origin, rows)
+        prompt = origin // width
+        step = functools.partial(_token_step, program, params, jnp.take(inputs.w_implicit, prompt, axis=0),
+                                 jnp.take(inputs.w_explicit, prompt, axis=0), inputs.stops)
+        state = _run_level(program, step, state, next_cap, u)
+    full = _write_back(full, state, origin, width)
+    return full, _best_rows(program, chunk_scores(program, full))
 
 
 # The same pieces, compiled separately, for searches whose chunk scores come from the host between chunks
@@ -370,7 +458,7 @@ def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
 def generate(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
              sampling: Sampling | None = None, max_new_tokens: int = 50, seed=0, stop_strings: Sequence[str] = (),
              stop_ids: Sequence[int] | None = None, implicit_weights=None, explicit_weight=None,
-             mesh=None) -> Generation:
+             mesh=None, compaction: int = 0) -> Generation:
     """Guided generation for a batch of prompts (strings or token-id lists).
 
     `seed`: an int, or one int per prompt (a prompt's result then depends only on its own seed, whatever else is
@@ -378,8 +466,10 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     `explicit_weight`: scalar or [P]. Weights are data: new values reuse the compiled program.
     `mesh`: a ("data", "model") mesh (`ivg_jax.sharding.make_mesh`); rows are split over data, every model's
     weights and KV heads over model (docs/sharding.md).
+    `compaction`: up to this many halvings of the batch as rows finish (each a compiled level; see
+    `_run_compacting`) — for long budgets where rows stop early; 0 runs every row to the end.
     """
-    call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh)
+    call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh, compaction)
     inputs, prompt_tokens, w_host = encode_inputs(call, prompts, seed, implicit_weights, explicit_weight)
     params = placed_params(call)
     if call.host_kind is None:
@@ -406,8 +496,10 @@ class Plan:
 
 def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
          sampling: Sampling | None = None, max_new_tokens: int = 50, stop_strings: Sequence[str] = (),
-         stop_ids: Sequence[int] | None = None, mesh=None) -> Plan:
+         stop_ids: Sequence[int] | None = None, mesh=None, compaction: int = 0) -> Plan:
     """Every check of a call, before anything compiles -> its `Plan`."""
+    if isinstance(compaction, bool) or not isinstance(compaction, int) or compaction < 0:
+        raise InputError(f"compaction must be an int >= 0 (halvings of the batch as rows finish); got {compaction!r}")
     sampling = sampling or Sampling()
     search = search or Search()
     models, templates, guidance, host_kind, in_graph = _settle(base, prompts, guidance, search, max_new_tokens)
@@ -419,7 +511,7 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=_pad_id(base), n_stop_strings=stops.n_strings,
-        mesh=mesh, trunks=shared_trunks(models, encoded))
+        mesh=mesh, trunks=shared_trunks(models, encoded), compaction=compaction)
     return Plan(program=program, models=models, templates=templates, guidance=guidance, host_kind=host_kind,
                 n_real=len(prompts), stop_strings=tuple(stop_strings), stops=stops, tokenizer=base.tokenizer)
 

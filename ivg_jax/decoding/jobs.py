@@ -55,8 +55,9 @@ class DecodeJobConfig(DecodeSettings):
         require_dtype(self.dtype)
 
     def config_hash(self) -> str:
-        """Hash of every setting that changes a prompt's result (not paths of files, batching or sharding)."""
-        skip = {"input", "output", "batch_size", "num_shards", "shard_index"}
+        """Hash of every setting that changes a prompt's result (not paths of files, batching, sharding or
+        compaction)."""
+        skip = {"input", "output", "batch_size", "num_shards", "shard_index", "compaction"}
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
