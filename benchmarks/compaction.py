@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import statistics
 import sys
-import time
 
 from ivg_jax.runtime import tune_cpu
 
@@ -41,18 +39,7 @@ from ivg_jax.model.api import attach_head  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from cpu_flags import cpu_name  # noqa: E402
-
-
-def timed(call, repeats: int):
-    t = time.perf_counter()
-    out = call()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return out, first, statistics.median(times)
+from timing import timed  # noqa: E402
 
 
 def main() -> None:

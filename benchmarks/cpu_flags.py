@@ -23,10 +23,8 @@ import dataclasses
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import time
 
 # name -> XLA_FLAGS. Every set names the XNNPACK flag explicitly, so tune_cpu() (which only adds a flag the user
 # has not set) leaves each set as written.
@@ -54,16 +52,6 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
-def seconds_per_call(call, repeats: int) -> float:
-    call()  # compiles
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def measure(dtypes: list[str], repeats: int) -> list[dict]:
     """Runs inside one subprocess: its XLA_FLAGS are already set."""
     import jax
@@ -77,6 +65,7 @@ def measure(dtypes: list[str], repeats: int) -> list[dict]:
 
     sys.path.insert(0, os.path.dirname(__file__))
     from shared_trunk import retrained
+    from timing import timed
 
     cfg = SentimentConfig(run_dir="unused", **PRESETS["fast"])
     pool = load_prompts(cfg, "train")
@@ -87,7 +76,7 @@ def measure(dtypes: list[str], repeats: int) -> list[dict]:
             x = jnp.asarray(np.random.default_rng(0).normal(size=(m, 1536)), dt)
             w = jnp.asarray(np.random.default_rng(1).normal(size=(1536, 8960)) * 0.02, dt)
             dot = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-            t = seconds_per_call(lambda f=dot, a=x, b=w: f(a, b).block_until_ready(), 20)
+            t = timed(lambda f=dot, a=x, b=w: f(a, b).block_until_ready(), 20)[2]
             rows.append(dict(dtype=dtype, call=f"dot M={m}", value=2 * m * 1536 * 8960 / t / 1e9, unit="GFLOP/s"))
         base = ivg_jax.load_model(str(default_model_path()), dtype=dtype)
         tuned = retrained(base, 2, 1)
@@ -98,8 +87,7 @@ def measure(dtypes: list[str], repeats: int) -> list[dict]:
             guidance = settings.guidance(tuned=lambda t=tuned: t, reference=lambda b=base: b,
                                          value=lambda v=value: v)
             prompts = pool[:n_prompts]
-            t = seconds_per_call(lambda s=settings, g=guidance, p=prompts, b=base: s.decode(b, p, g, range(len(p))),
-                                 repeats)
+            t = timed(lambda s=settings, g=guidance, p=prompts, b=base: s.decode(b, p, g, range(len(p))), repeats)[2]
             rows_ = n_prompts * settings.beams * settings.candidates
             name = f"plain, {rows_} rows" if method == "base" else f"ivg, {rows_} rows"
             rows.append(dict(dtype=dtype, call=name, value=t, unit="s"))

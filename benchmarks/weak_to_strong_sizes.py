@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 
 from ivg_jax.runtime import tune_cpu
@@ -26,19 +25,7 @@ from ivg_jax.experiments.sentiment.pipeline import PRESETS, SentimentConfig, loa
 from ivg_jax.model.api import attach_head  # noqa: E402
 
 from shared_trunk import retrained  # noqa: E402
-
-
-def seconds_per_call(call, repeats: int) -> tuple[float, float]:
-    """-> (first call incl. compiling, median of the next `repeats`)."""
-    t = time.perf_counter()
-    call()
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return first, statistics.median(times)
+from timing import timed  # noqa: E402
 
 
 def main() -> None:
@@ -71,7 +58,7 @@ def measure(cfg: SentimentConfig, dtype: str, pool: list[str], args) -> None:
     value = retrained(attach_head(guide, "value", scale=0.01, seed=2), 2, 3)
 
     def report(name, call, prompts, rows):
-        first, median = seconds_per_call(call, args.repeats)
+        _, first, median = timed(call, args.repeats)
         print(f"| {dtype} | {name} | {prompts} | {rows} | {first:.1f} | {median:.1f} | {median / prompts:.2f} |",
               flush=True)
 
