@@ -44,6 +44,12 @@ def require_positive(config, names) -> None:
             raise InputError(f"{name} must be >= 1; got {getattr(config, name)}")
 
 
+def require_count(value, name: str, meaning: str = "") -> None:
+    """Refuses anything but an int >= 0 (bools and floats too: they would silently key another program)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InputError(f"{name} must be an int >= 0{f' ({meaning})' if meaning else ''}; got {value!r}")
+
+
 def require_finite(config, names) -> None:
     """Refuses NaN or infinite float options (NaN slips through every `x <= 0` check), naming the first one.
     None means "off" and is allowed."""

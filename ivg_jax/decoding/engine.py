@@ -42,7 +42,7 @@ from ivg_jax.decoding.retokenize import HostChunkScorer
 from ivg_jax.decoding.sampling import Sampling, sample, step_keys
 from ivg_jax.decoding.stops import Stops, advance, build_stops, trim
 from ivg_jax.decoding.trunks import Trunk, shared_trunks
-from ivg_jax.errors import InputError
+from ivg_jax.errors import InputError, require_count
 from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
@@ -498,8 +498,7 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
          sampling: Sampling | None = None, max_new_tokens: int = 50, stop_strings: Sequence[str] = (),
          stop_ids: Sequence[int] | None = None, mesh=None, compaction: int = 0) -> Plan:
     """Every check of a call, before anything compiles -> its `Plan`."""
-    if isinstance(compaction, bool) or not isinstance(compaction, int) or compaction < 0:
-        raise InputError(f"compaction must be an int >= 0 (halvings of the batch as rows finish); got {compaction!r}")
+    require_count(compaction, "compaction", "halvings of the batch as rows finish")
     sampling = sampling or Sampling()
     search = search or Search()
     models, templates, guidance, host_kind, in_graph = _settle(base, prompts, guidance, search, max_new_tokens)

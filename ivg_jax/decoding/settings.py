@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from ivg_jax.errors import InputError, check_template, require_positive
+from ivg_jax.errors import InputError, check_template, require_count, require_positive
 from ivg_jax.guidance import MODES, Guidance, Search, guidance_for
 
 
@@ -40,8 +40,7 @@ class DecodeSettings:
         if self.token not in MODES or self.chunk not in MODES:
             raise InputError(f"token and chunk must be one of {MODES}; got token={self.token!r}, chunk={self.chunk!r}")
         require_positive(self, ("beams", "candidates", "max_new_tokens"))
-        if isinstance(self.compaction, bool) or not isinstance(self.compaction, int) or self.compaction < 0:
-            raise InputError(f"compaction must be an int >= 0; got {self.compaction!r}")
+        require_count(self.compaction, "compaction", "halvings of the batch as rows finish")
         if self.chunk_length is not None and self.chunk_length < 1:
             raise InputError(f"chunk_length must be >= 1 (or unset); got {self.chunk_length}")
         check_template(self.base_template, "base_template")
