@@ -1,5 +1,6 @@
 """The embedded default model (real SmolLM2-135M-Instruct GGUF) against transformers reading the same file."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -126,3 +127,38 @@ def test_stop_tables_on_the_real_vocabulary_equal_brute_force(models):
                         for x in seen]
             np.testing.assert_array_equal(table[q], expected, err_msg=f"{stop!r} from state {q}")
         assert (table[len(stop)] == len(stop)).all()
+
+
+def _resident_file_pages_kb(path) -> int:
+    """Resident kB of this process's mappings of `path` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in open("/proc/self/smaps"):
+        if "-" in line.split(" ", 1)[0] and not line.startswith(("Rss", "Size")):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_gguf_is_parsed_once_per_unchanged_file_and_a_load_leaves_no_file_pages_resident(tmp_path):
+    import os
+    import shutil
+
+    from ivg_jax.loading import gguf_source
+
+    path = tmp_path / "model.gguf"
+    shutil.copy(default_model_path(), path)
+    first = gguf_source.open_gguf(path)
+    assert gguf_source.open_gguf(path) is first  # inspect_model, load_model and the tokenizer share one parse
+    model = ivg_jax.load_model(path)
+    assert gguf_source.open_gguf(path) is first
+    # Dequantising touched every page of the file; the cached reader must not keep them in the resident set.
+    assert _resident_file_pages_kb(path) < 0.05 * os.path.getsize(path) / 1024
+    again = ivg_jax.load_model(path, tokenizer=False)  # pages dropped from RSS are read back, not lost
+    for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # A replaced file (a new inode and mtime) is a new parse, never the old file's reader.
+    replacement = tmp_path / "new.gguf"
+    shutil.copy(default_model_path(), replacement)
+    os.replace(replacement, path)
+    assert gguf_source.open_gguf(path) is not first
