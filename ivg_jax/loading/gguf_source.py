@@ -10,7 +10,7 @@ transformers' own GGUF loading checks exactly this.
 
 from __future__ import annotations
 
-import collections
+import functools
 import mmap
 import re
 from pathlib import Path
@@ -66,31 +66,25 @@ def supported_quantisations() -> set:
     return {Q.F32, Q.F16} | set(quants._type_traits)
 
 
-# Parsed readers by file identity. gguf parses every metadata field, the tokenizer's ~50k strings one by one, when
-# a reader opens: ~3.5 s for SmolLM2, paid by inspect_model, load_model and the tokenizer alike, and jobs call all
-# three for each model. A new or replaced file (other size, mtime or inode) is a new key.
-_READERS: collections.OrderedDict = collections.OrderedDict()
-_MAX_READERS = 4
-
-
 def open_gguf(path: Path):
     """`gguf.GGUFReader` of a file (parsed once per process while the file is unchanged), or one line saying the
     file is not a readable GGUF."""
-    import gguf
-
-    stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if key in _READERS:
-        _READERS.move_to_end(key)
-        return _READERS[key]
+    path = Path(path)
     try:
-        reader = gguf.GGUFReader(str(path))
+        stat = path.stat()
+        return _parsed_gguf(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable GGUF file ({e}); it is truncated or corrupt") from e
-    _READERS[key] = reader
-    while len(_READERS) > _MAX_READERS:
-        _READERS.popitem(last=False)
-    return reader
+
+
+# gguf parses every metadata field, the tokenizer's ~50k strings one by one, when a reader opens: ~3.5 s for
+# SmolLM2, paid by inspect_model, load_model and the tokenizer alike, and jobs call all three for each model. The
+# key is the file's identity, so a new or replaced file (other size, mtime or inode) is parsed anew.
+@functools.lru_cache(maxsize=4)
+def _parsed_gguf(path: str, size: int, mtime_ns: int, inode: int):
+    import gguf
+
+    return gguf.GGUFReader(path)
 
 
 def release_pages(reader) -> None:
