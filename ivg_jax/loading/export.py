@@ -8,13 +8,11 @@ config.json tells ivg-jax), a scalar-head model as `*ForSequenceClassification` 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from collections import defaultdict
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.config import config_to_hf
@@ -33,17 +31,9 @@ def hf_tensors(model: Model):
     cfg = model.config
     parts: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for rule in rules_for(cfg):
-        stacked = _get_path(model.params, rule.path)
-        if rule.layout == "linear":
-            # The whole stack transposed by XLA (tiled, every core): numpy's per-slice transposing copies ran at
-            # ~150 MB/s, half of a SmolLM2 export's time. Slices of the result are HF tensors as they are.
-            lead, per_slice = stacked.shape[:rule.n_stacked()], stacked.shape[rule.n_stacked():]
-            n_in = math.prod(per_slice[:rule.n_in])
-            hf_stack = np.asarray(jax.device_get(jnp.swapaxes(stacked.reshape(*lead, n_in, -1), -1, -2)))
-        else:
-            ours = np.asarray(jax.device_get(stacked))
+        hf_stack = rule.to_hf(_get_path(model.params, rule.path))
         for index, key in rule.keys(cfg.n_layers, cfg.n_experts):
-            tensor = hf_stack[index] if rule.layout == "linear" else rule.to_hf(ours[index])
+            tensor = hf_stack[index]
             if rule.part is None:
                 yield key, tensor
                 continue

@@ -15,6 +15,8 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.config import ModelConfig
@@ -59,11 +61,17 @@ class Rule:
             hf = hf.T
         return np.ascontiguousarray(hf).reshape(slice_shape)
 
-    def to_hf(self, ours: np.ndarray) -> np.ndarray:
-        """Our tensor for one (layer, expert) -> its HF tensor, or its `part` slice of one."""
-        n_in = math.prod(ours.shape[: self.n_in])
-        flat = ours.reshape(n_in, -1) if self.n_in else ours.reshape(-1)
-        return np.ascontiguousarray(flat.T) if self.layout == "linear" else flat
+    def to_hf(self, stacked: jax.Array) -> np.ndarray:
+        """Our stacked tensor `[layers, experts, ...]` -> an array whose `[index]` (from `keys`) is that slice's HF
+        tensor, or its `part` slice of one. Linear weights are transposed as one stack by XLA (tiled, every core):
+        numpy's per-slice transposing copies ran at ~150 MB/s, half of a SmolLM2 export's time."""
+        lead, per_slice = stacked.shape[:self.n_stacked()], stacked.shape[self.n_stacked():]
+        if not self.n_in:
+            return np.asarray(jax.device_get(stacked.reshape(*lead, -1)))
+        flat = stacked.reshape(*lead, math.prod(per_slice[:self.n_in]), -1)
+        if self.layout == "linear":
+            flat = jnp.swapaxes(flat, -1, -2)
+        return np.asarray(jax.device_get(flat))
 
     def keys(self, n_layers: int, n_experts: int) -> Iterator[tuple[tuple[int, ...], str]]:
         """(index into our stacked tensor, HF key) for every slice."""
