@@ -1,5 +1,7 @@
 """The embedded default model (real SmolLM2-135M-Instruct GGUF) against transformers reading the same file."""
 
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -140,7 +142,7 @@ def _resident_file_pages_kb(path) -> int:
     return total
 
 
-def test_gguf_is_parsed_once_per_unchanged_file_and_a_load_leaves_no_file_pages_resident(tmp_path):
+def test_gguf_is_parsed_once_per_unchanged_file_and_a_load_leaves_no_file_pages_resident(tmp_path, monkeypatch):
     import os
     import shutil
 
@@ -148,17 +150,27 @@ def test_gguf_is_parsed_once_per_unchanged_file_and_a_load_leaves_no_file_pages_
 
     path = tmp_path / "model.gguf"
     shutil.copy(default_model_path(), path)
-    first = gguf_source.open_gguf(path)
-    assert gguf_source.open_gguf(path) is first  # inspect_model, load_model and the tokenizer share one parse
+    parses = []
+    real_open = gguf_source.open_gguf
+    monkeypatch.setattr(gguf_source, "open_gguf", lambda p: parses.append(p) or real_open(p))
+    first = gguf_source.gguf_index(path)
+    assert gguf_source.gguf_index(path) is first and len(parses) == 1  # inspect and load share one parse
+    # A new process finds the index on disk: no parse, the same metadata and tensor table.
+    gguf_source._index.cache_clear()
+    assert gguf_source.gguf_index(path) == first and len(parses) == 1
+    # A damaged index file is parsed anew, never trusted.
+    for index_file in (Path(os.environ["IVG_JAX_CACHE_DIR"]) / "gguf-index").glob("*.json"):
+        index_file.write_text('{"metadata": {}, "tensors": [{"name": 1}]}')
+    gguf_source._index.cache_clear()
+    assert gguf_source.gguf_index(path) == first and len(parses) == 2
     model = ivg_jax.load_model(path)
-    assert gguf_source.open_gguf(path) is first
-    # Dequantising touched every page of the file; the cached reader must not keep them in the resident set.
+    # Dequantising touched every page of the file; a finished load must not keep them in the resident set.
     assert _resident_file_pages_kb(path) < 0.05 * os.path.getsize(path) / 1024
-    again = ivg_jax.load_model(path, tokenizer=False)  # pages dropped from RSS are read back, not lost
+    again = ivg_jax.load_model(path, tokenizer=False)
     for a, b in zip(jax.tree.leaves(model.params), jax.tree.leaves(again.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    # A replaced file (a new inode and mtime) is a new parse, never the old file's reader.
+    # A replaced file (a new inode and mtime) is a new parse, never the old file's index.
     replacement = tmp_path / "new.gguf"
     shutil.copy(default_model_path(), replacement)
     os.replace(replacement, path)
-    assert gguf_source.open_gguf(path) is not first
+    assert gguf_source.gguf_index(path) == first and len(parses) == 3

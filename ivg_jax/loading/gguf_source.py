@@ -10,8 +10,12 @@ transformers' own GGUF loading checks exactly this.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-import mmap
+import hashlib
+import importlib.metadata
+import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -67,53 +71,95 @@ def supported_quantisations() -> set:
 
 
 def open_gguf(path: Path):
-    """`gguf.GGUFReader` of a file (parsed once per process while the file is unchanged), or one line saying the
-    file is not a readable GGUF."""
-    path = Path(path)
+    """A fresh `gguf.GGUFReader` of a file, or one line saying the file is not a readable GGUF."""
+    import gguf
+
     try:
-        stat = path.stat()
-        return _parsed_gguf(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        return gguf.GGUFReader(path)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable GGUF file ({e}); it is truncated or corrupt") from e
 
 
-# gguf parses every metadata field, the tokenizer's ~50k strings one by one, when a reader opens: ~3.5 s for
-# SmolLM2, paid by inspect_model, load_model and the tokenizer alike, and jobs call all three for each model. The
-# key is the file's identity, so a new or replaced file (other size, mtime or inode) is parsed anew.
-@functools.lru_cache(maxsize=4)
-def _parsed_gguf(path: str, size: int, mtime_ns: int, inode: int):
-    import gguf
+@dataclasses.dataclass(frozen=True)
+class GGUFTensor:
+    """Where one tensor lies in the file, as `gguf.GGUFReader` found it."""
 
-    return gguf.GGUFReader(path)
+    name: str
+    tensor_type: int  # gguf.GGMLQuantizationType
+    shape: tuple[int, ...]  # HF order (rows first)
+    dtype: str  # numpy dtype of the stored data: the float type, or uint8 blocks for a quantised type
+    data_shape: tuple[int, ...]
+    offset: int
 
 
-def release_pages(reader) -> None:
-    """Drops the file pages a finished load touched from this process's resident set (they stay in the page
-    cache; the mapping is read-only, so nothing is lost): a cached reader would otherwise keep a whole file's
-    worth of resident memory for the life of the process (1.1 GB for the Qwen 1.5B file)."""
-    mapping = getattr(reader.data, "_mmap", None)
-    if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-        mapping.madvise(mmap.MADV_DONTNEED)
+def gguf_index(path: Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
+    """(metadata without the vocabulary arrays, tensors) of a GGUF file.
+
+    gguf's reader parses every field when it opens a file, the tokenizer's ~50k strings one at a time: 3.7 s for
+    SmolLM2 on this project's CPU, in every process that inspects or loads the model. What a load needs is small,
+    so it is kept once per process and on disk (`cache_dir()/gguf-index`), keyed by the file's identity (path,
+    size, mtime, inode) and the gguf version: a replaced file is parsed anew. An unwritable cache only costs the
+    parse."""
+    path = Path(path)
+    try:
+        stat = path.stat()
+    except OSError as e:
+        raise CheckpointError(f"{path}: not a readable GGUF file ({e})") from e
+    return _index(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+_INDEX_FORMAT = 1
+
+
+@functools.lru_cache(maxsize=8)
+def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, Any], list[GGUFTensor]]:
+    from ivg_jax.loading.loader import cache_dir
+
+    identity = json.dumps([path, size, mtime_ns, inode, importlib.metadata.version("gguf"), _INDEX_FORMAT])
+    cached = cache_dir() / "gguf-index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.json"
+    try:
+        data = json.loads(cached.read_text())
+        return data["metadata"], [GGUFTensor(**{**t, "shape": tuple(t["shape"]), "data_shape": tuple(t["data_shape"])})
+                                  for t in data["tensors"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    reader = open_gguf(Path(path))
+    metadata = {}
+    for key, field in reader.fields.items():
+        if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "merges", "token_type", "scores")):
+            continue  # vocab arrays: large, and read only when the tokenizer is converted (then cached)
+        try:
+            value = field.contents()
+            json.dumps(value)
+        except Exception:  # fields gguf cannot decode are not ones we read
+            continue
+        metadata[key] = value
+    tensors = [GGUFTensor(t.name, int(t.tensor_type), tuple(int(x) for x in reversed(t.shape)), t.data.dtype.str,
+                          tuple(t.data.shape), int(t.data_offset)) for t in reader.tensors]
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"metadata": metadata, "tensors": [dataclasses.asdict(t) for t in tensors]}))
+        os.replace(tmp, cached)  # atomic: a concurrent reader sees no index or a whole one
+    except OSError:
+        pass
+    return metadata, tensors
 
 
 class GGUFSource:
     def __init__(self, path: Path):
+        from gguf import GGMLQuantizationType
+
         self.path = Path(path)
-        self.reader = open_gguf(self.path)
-        self.metadata: dict[str, Any] = {}
-        for key, field in self.reader.fields.items():
-            if key.startswith("tokenizer.ggml.") and key.endswith(("tokens", "merges", "token_type", "scores")):
-                continue  # vocab arrays: large, and the tokenizer is built by transformers from the file itself
-            try:
-                self.metadata[key] = field.contents()
-            except Exception:  # fields gguf cannot decode are not ones we read
-                continue
-        self._tensors = {}
+        self.metadata, tensors = gguf_index(self.path)
+        # One read-only mapping per source, unmapped with it: a finished load keeps no file pages resident.
+        self._file = np.memmap(self.path, dtype=np.uint8, mode="r")
+        self._tensors: dict[str, GGUFTensor] = {}
         unsupported, unmapped = [], []
         ok = supported_quantisations()
-        for t in self.reader.tensors:
-            if t.tensor_type not in ok:
-                unsupported.append(f"{t.name} ({t.tensor_type.name})")
+        for t in tensors:
+            if GGMLQuantizationType(t.tensor_type) not in ok:
+                unsupported.append(f"{t.name} ({GGMLQuantizationType(t.tensor_type).name})")
             hf = _hf_name(t.name)
             if hf is None:
                 unmapped.append(t.name)
@@ -141,14 +187,16 @@ class GGUFSource:
         return key in self._tensors
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in reversed(self._tensors[key].shape))
+        return self._tensors[key].shape
 
     def get(self, key: str) -> np.ndarray:
-        from gguf import quants
+        from gguf import GGMLQuantizationType, quants
 
         t = self._tensors[key]
         try:
-            w = quants.dequantize(t.data, t.tensor_type)
+            dtype = np.dtype(t.dtype)
+            stored = self._file[t.offset:t.offset + dtype.itemsize * int(np.prod(t.data_shape))]
+            w = quants.dequantize(stored.view(dtype).reshape(t.data_shape), GGMLQuantizationType(t.tensor_type))
         except Exception as e:
             raise CheckpointError(f"{self.path}: tensor {t.name} could not be dequantised ({e})") from e
         w = np.asarray(w, np.float32).reshape(self.shape(key))

@@ -20,7 +20,7 @@ import numpy as np
 from ivg_jax.config import ModelConfig, config_from_gguf, config_from_hf
 from ivg_jax.defaults import MODEL_NAMES, resolve_model_name
 from ivg_jax.errors import CheckpointError, InputError
-from ivg_jax.loading.gguf_source import GGUFSource, release_pages
+from ivg_jax.loading.gguf_source import GGUFSource
 from ivg_jax.loading.gguf_tokenizer import tokenizer_from_gguf
 from ivg_jax.loading.layout import IGNORABLE_SUFFIXES, Rule, rules_for
 from ivg_jax.loading.safetensors_source import PICKLE_SUFFIXES, SafetensorsSource, refuse_pickle
@@ -256,9 +256,7 @@ def _gguf_config(source: GGUFSource, path: Path) -> ModelConfig:
 def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
     source = GGUFSource(path)
     cfg = _gguf_config(source, path)
-    try:
-        graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
-    finally:
-        release_pages(source.reader)
+    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
+    del source  # its file mapping: a finished load keeps no file pages resident
     tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))
