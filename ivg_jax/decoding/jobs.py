@@ -147,13 +147,23 @@ def finished_ids(f, path: Path, config_hash: str) -> set[str]:
 def _models(cfg: DecodeJobConfig, progress: bool = False, weights: bool = True):
     """(base, Guidance) of the job; `weights=False`: configs and tokenizers only (`inspect_model`), for checks."""
     import ivg_jax
-    from ivg_jax.defaults import default_model_path
+    from ivg_jax.defaults import default_model_path, resolve_model_name
     from ivg_jax.loading import inspect_model
 
     if weights:  # a progress bar per model: a 7B base is minutes of loading
-        load = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731
+        read = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731
     else:
-        load = inspect_model
+        read = inspect_model
+    loaded = {}
+
+    def load(path: str):
+        # One copy per checkpoint: the reference is usually the base itself (`--reference smollm2`), and a second
+        # copy would double the weights' memory and load time. The engine takes the same Model in two roles.
+        key = os.path.realpath(resolve_model_name(path))
+        if key not in loaded:
+            loaded[key] = read(path)
+        return loaded[key]
+
     base = load(cfg.model or str(default_model_path()))
     guidance = cfg.guidance(tuned=lambda: load(cfg.tuned), reference=lambda: load(cfg.reference),
                             value=lambda: load(cfg.value))
