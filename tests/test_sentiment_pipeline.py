@@ -40,7 +40,8 @@ def pipeline_run(tmp_path_factory):
                     n_val=4, n_test=4, samples_per_prompt=4, max_new_tokens=6, beams=2, candidates=2, chunk_length=3,
                     bon_n=4,
                     train_batch_size=4, train_top_blocks=1, dpo_epochs=2.0, fudge_epochs=2.0, sample_batch=4,
-                    decode_batch=4, base_template="the {prompt}")
+                    decode_batch=4, base_template="the {prompt}", dpo_pairs="bt",  # the paper's pairs
+                    methods=",".join(DEFAULT_METHODS))
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in settings.items()]
     t0 = time.perf_counter()
     # The main job's command line, as a user runs it (the full preset's settings overridden by the tiny ones).
