@@ -251,6 +251,38 @@ def test_beam_reordering_needs_no_second_copy_of_the_caches(monkeypatch):
     assert temp_over_state() > 0.9
 
 
+def test_rows_read_one_copy_of_their_prompt(models):
+    """A prompt's W·K rows read its keys and values from one per-prompt copy: the search's results are those of
+    rows that each hold a copy (and the reference's, in the tests above), and the caches shrink from R·(T+N) slots
+    to R·N + P·T."""
+    rng = np.random.default_rng(1)
+    prompts = [[int(t) for t in rng.integers(6, 61, size=n)] for n in (30, 12, 25, 30, 7, 18, 30, 2)]
+    g = _guidance(models, "implicit", "explicit")
+    call = engine.plan(models["base"], prompts, g, Search(2, 3, 2), Sampling(1.0), 6, stop_ids=STOP)
+    copies = dataclasses.replace(call, program=dataclasses.replace(call.program, prompt_sharing=False))
+    assert call.program.shares_prompts and not copies.program.shares_prompts
+    inputs, _, _ = engine.encode_inputs(call, prompts, 7)
+    params = engine.placed_params(call)
+
+    def cache_slots(c):  # per member: the slots (rows or prompts x positions) its keys are held in
+        state = jax.eval_shape(lambda: engine.init_state(c.program, params, inputs))
+        slots = [sum(x.shape[1] * x.shape[3] for x in jax.tree.leaves(cache) if x.ndim == 5) // 2
+                 for cache in state.caches]
+        assert len(set(slots)) == 1
+        return slots[0]
+
+    n_rows, n_prompts, prompt_len, new = len(prompts) * 6, len(prompts), inputs.ids.base.shape[1], 6
+    assert cache_slots(copies) == n_rows * (prompt_len + new)
+    assert cache_slots(call) == n_rows * new + n_prompts * prompt_len
+    shared_state, shared_best = engine.run(call.program, params, inputs)
+    copied_state, copied_best = engine.run(copies.program, params, inputs)
+    for key in ("tokens", "lengths", "done", "duplicate"):
+        np.testing.assert_array_equal(getattr(shared_state, key), getattr(copied_state, key))
+    for key in ("implicit_score", "value", "log_ratio", "kl"):
+        np.testing.assert_allclose(getattr(shared_state, key), getattr(copied_state, key), atol=1e-5)
+    np.testing.assert_array_equal(shared_best, copied_best)
+
+
 EARLY_STOP = tuple(range(1, 6))  # 5 of 61 ids end a row: rows stop at very different steps
 
 

@@ -1,7 +1,8 @@
 """The IVG decoding engine: the base and every guide in one compiled program (spec §2-§3).
 
 Rows are prompts × W beams × K candidates, row r = p·W·K + slot. One jitted function does everything:
-prefill each model once per prompt with its own template and broadcast its cache to the W·K rows; then a
+prefill each model once per prompt with its own template, its cache read by the prompt's W·K rows (held once
+per prompt, `KVPrefix`; the rows' caches hold only their new tokens); then a
 `lax.while_loop` over chunks, each a `lax.scan` over L token steps followed (between chunks) by a per-prompt
 top-W over the W·K rows and one gather that reorders every model's cache, the tokens and the scores. No host
 round trip until the result.
@@ -68,6 +69,7 @@ class Program:
     mesh: Any = None  # jax.sharding.Mesh: rows over "data", weights and KV heads over "model"
     trunks: tuple[Trunk, ...] = ()  # groups of members whose bottom blocks run once (ivg_jax.decoding.trunks)
     compaction: int = 0  # halvings of the batch as rows finish (`_run_compacting`); 0 = every row runs to the end
+    prompt_sharing: bool = True  # False: every row holds a copy of its prompt's cache (the measure to compare with)
 
     @property
     def n_implicit(self) -> int:  # G
@@ -84,6 +86,12 @@ class Program:
     @property
     def n_steps(self) -> int:  # N = C·L
         return self.n_chunks * self.chunk_length
+
+    @property
+    def shares_prompts(self) -> bool:
+        """Whether a prompt's W·K rows read one copy of its prompt's keys and values (`KVPrefix`): when it has
+        several rows, and rows leave the batch (compaction) only in whole prompts, so rows stay grouped."""
+        return self.prompt_sharing and self.width > 1 and (not self.compaction or _unit_rows(self) == self.width)
 
     def trunk_of(self, member: int) -> tuple[int, int] | None:
         """(trunk index, its depth) of the member at this iteration index, or None when it runs alone."""
@@ -133,9 +141,14 @@ def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
         return state
     mesh = program.mesh
     rows = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)  # noqa: E731
-    cache = lambda c: KVCache(k=constrain(c.k, (None, "batch", "kv_heads", None, None), mesh),  # noqa: E731
-                              v=constrain(c.v, (None, "batch", "kv_heads", None, None), mesh),
-                              pos=rows(c.pos), index=c.index)
+    heads = lambda x: constrain(x, (None, "batch", "kv_heads", None, None), mesh)  # noqa: E731
+
+    def cache(c: KVCache) -> KVCache:
+        prefix = c.prefix
+        if prefix is not None:  # prompts over "data" too, so each shard holds the prompts of its rows
+            prefix = dataclasses.replace(prefix, k=heads(prefix.k), v=heads(prefix.v), pos=rows(prefix.pos))
+        return dataclasses.replace(c, k=heads(c.k), v=heads(c.v), pos=rows(c.pos), prefix=prefix)
+
     return _map_rows(state, rows, cache, HYPOTHESIS_FIELDS + ("keys",))
 
 
@@ -268,23 +281,35 @@ def _select(program: Program, state: DecodeState, scores: jax.Array | None = Non
 
 
 def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeState:
-    """Prefill every member once per prompt (own template) and broadcast to the prompt's W·K rows."""
+    """Prefill every member once per prompt (own template) for the prompt's W·K rows (`rows_cache`)."""
     width = program.width
     n_prompts = inputs.seeds.shape[0]
     prompt_keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(s[0]), s[1]))(inputs.seeds)
     rows = jnp.repeat(jnp.arange(n_prompts), width)  # [R] each row's prompt
 
     g, p, ids, masks = list(program.graphdefs), list(params), list(inputs.ids), list(inputs.masks)
+    shared = program.shares_prompts
 
-    def member(i, start, x):  # prefill once per prompt, broadcast to its rows
-        out, cache = prefill(g[i], p[i], ids[i], masks[i], capacity=ids[i].shape[1] + program.n_steps,
-                             last_only=True, from_layer=start, trunk=x)
-        return jnp.take(out, rows, axis=0), cache.take(rows)
+    def rows_cache(prompt_cache: KVCache) -> KVCache:
+        """The prompts' cache [P] as the rows' [R]: one copy per prompt that its rows read, or a copy per row."""
+        if not shared:
+            return prompt_cache.take(rows)
+        layers, _, n_kv, _, head_dim = prompt_cache.k.shape
+        return KVCache.zeros(layers, n_prompts * width, program.n_steps, n_kv, head_dim,
+                             prompt_cache.k.dtype).with_prefix(prompt_cache)
+
+    def capacity(prompt_ids):  # the prompt alone when it is shared, else room for the new tokens too
+        return prompt_ids.shape[1] + (0 if shared else program.n_steps)
+
+    def member(i, start, x):  # prefill once per prompt; its rows read it
+        out, cache = prefill(g[i], p[i], ids[i], masks[i], capacity=capacity(ids[i]), last_only=True,
+                             from_layer=start, trunk=x)
+        return jnp.take(out, rows, axis=0), rows_cache(cache)
 
     def trunk(t, first, depth):  # its output stays per prompt [P, T, D]: the members' prefills read it
-        x, cache = prefill_trunk(g[first], p[first], ids[first], masks[first],
-                                 capacity=ids[first].shape[1] + program.n_steps, n_layers=depth)
-        return x, cache.take(rows)
+        x, cache = prefill_trunk(g[first], p[first], ids[first], masks[first], capacity=capacity(ids[first]),
+                                 n_layers=depth)
+        return x, rows_cache(cache)
 
     prefilled, trunk_caches = _forward_members(program, member, trunk)
     caches, outputs = prefilled.map(lambda x: x[1]), prefilled.map(lambda x: x[0])

@@ -139,34 +139,52 @@ class Attention(nnx.Module):
             k = apply_rope(k, positions, inv_freq)
         return q, k, v
 
-    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None):
         """Attends the T new tokens to the cached slots and to each other.
 
         x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, Nkv, S, H] or None; cache_pos: [B, S].
-        Returns the block output [B, T, D] and the new k, v [B, Nkv, T, H] for the caller to write.
-        The cache is read in place, never concatenated with the new keys: scores are joined instead.
+        `prefix`: (k, v [P, Nkv, Sp, H], pos [P, Sp]), slots every one of a prompt's B/P consecutive rows reads
+        (its prompt, held once), or None. Returns the block output [B, T, D] and the new k, v [B, Nkv, T, H] for
+        the caller to write. Caches are read in place, never concatenated with the new keys: scores are joined.
         """
         cfg = self.cfg
         b, t, _ = x.shape
         g = cfg.n_heads // cfg.n_kv_heads
         q, k, v = self.project(x, positions, inv_freq)
         q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
-        scores = einsum("btkgh,bskh->bkgts", q, k, jnp.float32)
-        mask = visible(positions, positions, cfg.sliding_window)
+        parts = [(einsum("btkgh,bskh->bkgts", q, k, jnp.float32), visible(positions, positions, cfg.sliding_window))]
         if cache_k is not None:
-            cached = einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32)
-            scores = jnp.concatenate([cached, scores], axis=-1)
-            mask = jnp.concatenate([visible(positions, cache_pos, cfg.sliding_window), mask], axis=-1)
+            parts.insert(0, (einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32),
+                             visible(positions, cache_pos, cfg.sliding_window)))
+        if prefix is not None:
+            prefix_k, prefix_v, prefix_pos = prefix
+            n_prompts = prefix_pos.shape[0]
+            grouped = q.reshape(n_prompts, b // n_prompts, *q.shape[1:])  # [P, B/P, T, Nkv, G, H]
+            shared = einsum("prtkgh,pksh->prkgts", grouped, prefix_k, jnp.float32).reshape(b, cfg.n_kv_heads, g, t, -1)
+            parts.insert(0, (shared, visible(positions, jnp.repeat(prefix_pos, b // n_prompts, axis=0),
+                                             cfg.sliding_window)))
+        scores = jnp.concatenate([s for s, _ in parts], axis=-1)
+        mask = jnp.concatenate([m for _, m in parts], axis=-1)
         scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
         # Each dot writes in its natural (b, k, g, t, h) order and one small transpose follows: asking the dot
         # for btkgh directly made XLA:CPU's batched dot over the cache ~10x slower at decode shapes.
+        start = 0
+        out = None
+        if prefix is not None:
+            sp = prefix_k.shape[2]
+            shared = probs[..., :sp].reshape(n_prompts, b // n_prompts, cfg.n_kv_heads, g, t, sp)
+            out = einsum("prkgts,pksh->prkgth", shared, prefix_v, jnp.float32).reshape(b, cfg.n_kv_heads, g, t, -1)
+            start = sp
         if cache_k is not None:
             s = cache_k.shape[2]
-            out = einsum("bkgts,bksh->bkgth", probs[..., :s], cache_v, jnp.float32)
-            out = out + einsum("bkgts,bskh->bkgth", probs[..., s:], v, jnp.float32)
-        else:
+            cached = einsum("bkgts,bksh->bkgth", probs[..., start:start + s], cache_v, jnp.float32)
+            out = cached if out is None else out + cached
+            start += s
+        if out is None:
             out = einsum("bkgts,bskh->bkgth", probs, v)
+        else:
+            out = out + einsum("bkgts,bskh->bkgth", probs[..., start:], v, jnp.float32)
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads, cfg.head_dim).astype(x.dtype)
         o = self.o[...]
         y = mm(out.reshape(b, t, -1), o.reshape(-1, o.shape[-1]))
@@ -266,8 +284,8 @@ class Block(nnx.Module):
         self.mlp_norm = Norm(cfg, dtype, rngs=rngs)
         self.mlp = MoE(cfg, dtype, rngs=rngs) if cfg.is_moe else MLP(cfg, dtype, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None):
-        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos)
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None):
+        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos, prefix)
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return x, k, v

@@ -85,17 +85,21 @@ class Transformer(nnx.Module):
         if not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
 
+        prefix = None if cache is None else cache.prefix
+
         def layer(x, scanned):
-            params, cache_k, cache_v = scanned
+            params, cache_k, cache_v, prefix_k, prefix_v = scanned
             if by_index:  # params is the layer's index
                 params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, params, keepdims=False),
                                       block_params)
             block = nnx.merge(graphdef, params)
-            x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos)
+            shared = None if prefix is None else (prefix_k, prefix_v, prefix.pos)
+            x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared)
             return x, (k, v)
 
         layers = jnp.arange(start, stop) if by_index else block_params
-        scanned = (layers, None, None) if cache is None else (layers, cache.k, cache.v)
+        scanned = (layers, None, None, None, None) if cache is None else (
+            layers, cache.k, cache.v, *((None, None) if prefix is None else (prefix.k, prefix.v)))
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
