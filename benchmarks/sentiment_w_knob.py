@@ -1,9 +1,9 @@
 """The implicit weight knob: IVG and EFT at w = 2, paired prompt by prompt with the full run (w = 1).
 
     # a run directory sharing runs/sentiment-full's data, samples, dpo, fudge and their stage markers:
-    python decode/sentiment.py --preset full --run-dir runs/sentiment-full-w2 --n-test 64 --implicit-weight 2 \\
+    python decode/sentiment.py --preset full-bt400 --run-dir runs/sentiment-full-w2 --n-test 64 --implicit-weight 2 \\
         --methods base,eft,ivg
-    python decode/sentiment.py --preset full --run-dir runs/sentiment-full-w2 --n-test 200 --implicit-weight 2 \\
+    python decode/sentiment.py --preset full-bt400 --run-dir runs/sentiment-full-w2 --n-test 200 --implicit-weight 2 \\
         --methods ivg
     python benchmarks/sentiment_w_knob.py [--n 200]
 

@@ -3,7 +3,7 @@
     ivg decode --input prompts.jsonl --output out.jsonl [--token implicit --tuned T --reference R] ...
     ivg train dpo|sft|value|rm --train-data pairs.jsonl --output-dir runs/x ...
     ivg eval --input out.jsonl [--model M]
-    ivg demo [--preset fast|full|w2s|smoke]   the sentiment experiment (the README's main job)
+    ivg demo [--preset fast|full|w2s|...]    the sentiment experiment (the README's main job)
     ivg recipe NAME --prompts F --output O    the paper's tasks (ivg recipe --list)
     ivg bench decode|engine|train             benchmark scripts (from a source checkout)
 
@@ -144,9 +144,10 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p = sub.add_parser("demo", help="the sentiment experiment on the embedded SmolLM2 (the README's main job)")
     p.add_argument("--preset", default="fast", choices=sorted(PRESETS),
-                   help="fast: the README's main job, minutes on 2 CPUs; full: the experiment; w2s: weak-to-strong, "
-                        "Qwen2.5-Coder-0.5B guides steering the 1.5B (ivg assets fetch both first); smoke: tiny "
-                        "sizes, a check that everything runs (default: fast)")
+                   help="fast: the README's main job, minutes on 2 CPUs; full: the experiment (issue 12's recipe); "
+                        "full-bt400: the full run's earlier recipe (the paper's pairs, 400 prompts); w2s: "
+                        "weak-to-strong, Qwen2.5-Coder-0.5B guides steering the 1.5B (ivg assets fetch both "
+                        "first); smoke: tiny sizes, a check that everything runs (default: fast)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     add_dataclass_flags(p, SentimentConfig, skip=("run_dir",), help_text=SENTIMENT_HELP,
                         shown_defaults={k: f"{v} in the fast preset, {getattr(SentimentConfig, k)} in the full one"

@@ -264,6 +264,12 @@ _FAST = dict(n_train=160, n_val=32, n_test=40, samples_per_prompt=4, dpo_pairs="
 
 PRESETS = {
     "full": {},
+    # The full run before issue 12's recipe (the paper's protocol at 400 train prompts: two samples per prompt,
+    # Bradley-Terry pairs, 50 tokens, top-4 blocks at lr 1e-4 for 2 epochs, best validated checkpoints): the
+    # README's earlier table, and the guides benchmarks/sentiment_w_knob.py reuses.
+    "full-bt400": dict(n_train=400, samples_per_prompt=2, dpo_pairs="bt", max_new_tokens=50, dpo_learning_rate=1e-4,
+                       dpo_epochs=2.0, dpo_select="best", fudge_learning_rate=1e-4, fudge_epochs=2.0,
+                       train_top_blocks=4, decode_batch=8, methods=",".join(DEFAULT_METHODS)),
     "fast": _FAST,
     # Weak-to-strong (issue 15): Qwen2.5-Coder-0.5B guides (trained here, on the 0.5B's own samples) steer the frozen
     # 1.5B (`ivg assets fetch` both first). The fast preset's sizes, plus the yardsticks of the setting: best-of-N
