@@ -29,15 +29,11 @@ tune_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from engine_overhead import SMOLLM2_135M  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
 
-# SmolLM2-135M-Instruct's architecture (as read from its GGUF by ivg_jax.config.config_from_gguf).
-SMOLLM2_135M = ivg_jax.ModelConfig(
-    family="llama", vocab_size=49152, d_model=576, n_layers=30, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
-    norm_eps=1e-5, max_positions=8192, rope_theta=100000.0, tie_embeddings=True, bos_token_id=1,
-    eos_token_ids=(2,), pad_token_id=2)
 MB = 2 ** 20
 
 
