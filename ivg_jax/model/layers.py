@@ -152,39 +152,36 @@ class Attention(nnx.Module):
         g = cfg.n_heads // cfg.n_kv_heads
         q, k, v = self.project(x, positions, inv_freq)
         q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
-        parts = [(einsum("btkgh,bskh->bkgts", q, k, jnp.float32), visible(positions, positions, cfg.sliding_window))]
-        if cache_k is not None:
-            parts.insert(0, (einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32),
-                             visible(positions, cache_pos, cfg.sliding_window)))
+        heads = (b, cfg.n_kv_heads, g, t)
+        # The keys in slot order: the shared prompt, the row's cache, the new tokens. Each segment is (scores
+        # [B, Nkv, G, T, S_i], mask [B, T, S_i], its values read by its probabilities -> [B, Nkv, G, T, H]).
+        # Each dot writes in its natural (b, k, g, t, h) order and one small transpose follows: asking the dot
+        # for btkgh directly made XLA:CPU's batched dot over the cache ~10x slower at decode shapes.
+        segments = []
         if prefix is not None:
             prefix_k, prefix_v, prefix_pos = prefix
             n_prompts = prefix_pos.shape[0]
-            grouped = q.reshape(n_prompts, b // n_prompts, *q.shape[1:])  # [P, B/P, T, Nkv, G, H]
-            shared = einsum("prtkgh,pksh->prkgts", grouped, prefix_k, jnp.float32).reshape(b, cfg.n_kv_heads, g, t, -1)
-            parts.insert(0, (shared, visible(positions, jnp.repeat(prefix_pos, b // n_prompts, axis=0),
-                                             cfg.sliding_window)))
-        scores = jnp.concatenate([s for s, _ in parts], axis=-1)
-        mask = jnp.concatenate([m for _, m in parts], axis=-1)
+            by_prompt = (n_prompts, b // n_prompts)  # a prompt's rows are consecutive
+            grouped = q.reshape(*by_prompt, *q.shape[1:])  # [P, B/P, T, Nkv, G, H]
+            segments.append((
+                einsum("prtkgh,pksh->prkgts", grouped, prefix_k, jnp.float32).reshape(*heads, -1),
+                visible(positions, jnp.repeat(prefix_pos, by_prompt[1], axis=0), cfg.sliding_window),
+                lambda probs, dtype: einsum("prkgts,pksh->prkgth", probs.reshape(*by_prompt, *probs.shape[1:]),
+                                            prefix_v, dtype).reshape(*heads, -1)))
+        if cache_k is not None:
+            segments.append((einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32),
+                             visible(positions, cache_pos, cfg.sliding_window),
+                             lambda probs, dtype: einsum("bkgts,bksh->bkgth", probs, cache_v, dtype)))
+        segments.append((einsum("btkgh,bskh->bkgts", q, k, jnp.float32),
+                         visible(positions, positions, cfg.sliding_window),
+                         lambda probs, dtype: einsum("bkgts,bskh->bkgth", probs, v, dtype)))
+        scores = jnp.concatenate([seg[0] for seg in segments], axis=-1)
+        mask = jnp.concatenate([seg[1] for seg in segments], axis=-1)
         scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
-        # Each dot writes in its natural (b, k, g, t, h) order and one small transpose follows: asking the dot
-        # for btkgh directly made XLA:CPU's batched dot over the cache ~10x slower at decode shapes.
-        start = 0
-        out = None
-        if prefix is not None:
-            sp = prefix_k.shape[2]
-            shared = probs[..., :sp].reshape(n_prompts, b // n_prompts, cfg.n_kv_heads, g, t, sp)
-            out = einsum("prkgts,pksh->prkgth", shared, prefix_v, jnp.float32).reshape(b, cfg.n_kv_heads, g, t, -1)
-            start = sp
-        if cache_k is not None:
-            s = cache_k.shape[2]
-            cached = einsum("bkgts,bksh->bkgth", probs[..., start:start + s], cache_v, jnp.float32)
-            out = cached if out is None else out + cached
-            start += s
-        if out is None:
-            out = einsum("bkgts,bskh->bkgth", probs, v)
-        else:
-            out = out + einsum("bkgts,bskh->bkgth", probs[..., start:], v, jnp.float32)
+        ends = np.cumsum([seg[0].shape[-1] for seg in segments])[:-1]
+        dtype = jnp.float32 if len(segments) > 1 else None  # several segments' outputs are summed in float32
+        out = sum(read(part, dtype) for (_, _, read), part in zip(segments, jnp.split(probs, ends, axis=-1)))
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads, cfg.head_dim).astype(x.dtype)
         o = self.o[...]
         y = mm(out.reshape(b, t, -1), o.reshape(-1, o.shape[-1]))

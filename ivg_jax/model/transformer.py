@@ -98,8 +98,9 @@ class Transformer(nnx.Module):
             return x, (k, v)
 
         layers = jnp.arange(start, stop) if by_index else block_params
-        scanned = (layers, None, None, None, None) if cache is None else (
-            layers, cache.k, cache.v, *((None, None) if prefix is None else (prefix.k, prefix.v)))
+        rows_kv = (None, None) if cache is None else (cache.k, cache.v)
+        prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
+        scanned = (layers, *rows_kv, *prefix_kv)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
