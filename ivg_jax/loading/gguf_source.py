@@ -85,7 +85,7 @@ class GGUFTensor:
     """Where one tensor lies in the file, as `gguf.GGUFReader` found it."""
 
     name: str
-    tensor_type: int  # gguf.GGMLQuantizationType
+    tensor_type: Any  # gguf.GGMLQuantizationType (an int in the JSON index)
     shape: tuple[int, ...]  # HF order (rows first)
     dtype: str  # numpy dtype of the stored data: the float type, or uint8 blocks for a quantised type
     data_shape: tuple[int, ...]
@@ -113,13 +113,16 @@ _INDEX_FORMAT = 1
 
 @functools.lru_cache(maxsize=8)
 def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, Any], list[GGUFTensor]]:
+    from gguf import GGMLQuantizationType
+
     from ivg_jax.loading.loader import cache_dir
 
     identity = json.dumps([path, size, mtime_ns, inode, importlib.metadata.version("gguf"), _INDEX_FORMAT])
     cached = cache_dir() / "gguf-index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.json"
     try:
         data = json.loads(cached.read_text())
-        return data["metadata"], [GGUFTensor(**{**t, "shape": tuple(t["shape"]), "data_shape": tuple(t["data_shape"])})
+        return data["metadata"], [GGUFTensor(**{**t, "tensor_type": GGMLQuantizationType(t["tensor_type"]),
+                                                "shape": tuple(t["shape"]), "data_shape": tuple(t["data_shape"])})
                                   for t in data["tensors"]]
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -134,7 +137,7 @@ def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, A
         except Exception:  # fields gguf cannot decode are not ones we read
             continue
         metadata[key] = value
-    tensors = [GGUFTensor(t.name, int(t.tensor_type), tuple(int(x) for x in reversed(t.shape)), t.data.dtype.str,
+    tensors = [GGUFTensor(t.name, t.tensor_type, tuple(int(x) for x in reversed(t.shape)), t.data.dtype.str,
                           tuple(t.data.shape), int(t.data_offset)) for t in reader.tensors]
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -148,8 +151,6 @@ def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, A
 
 class GGUFSource:
     def __init__(self, path: Path):
-        from gguf import GGMLQuantizationType
-
         self.path = Path(path)
         self.metadata, tensors = gguf_index(self.path)
         # One read-only mapping per source, unmapped with it: a finished load keeps no file pages resident.
@@ -158,8 +159,8 @@ class GGUFSource:
         unsupported, unmapped = [], []
         ok = supported_quantisations()
         for t in tensors:
-            if GGMLQuantizationType(t.tensor_type) not in ok:
-                unsupported.append(f"{t.name} ({GGMLQuantizationType(t.tensor_type).name})")
+            if t.tensor_type not in ok:
+                unsupported.append(f"{t.name} ({t.tensor_type.name})")
             hf = _hf_name(t.name)
             if hf is None:
                 unmapped.append(t.name)
@@ -190,13 +191,13 @@ class GGUFSource:
         return self._tensors[key].shape
 
     def get(self, key: str) -> np.ndarray:
-        from gguf import GGMLQuantizationType, quants
+        from gguf import quants
 
         t = self._tensors[key]
         try:
             dtype = np.dtype(t.dtype)
             stored = self._file[t.offset:t.offset + dtype.itemsize * int(np.prod(t.data_shape))]
-            w = quants.dequantize(stored.view(dtype).reshape(t.data_shape), GGMLQuantizationType(t.tensor_type))
+            w = quants.dequantize(stored.view(dtype).reshape(t.data_shape), t.tensor_type)
         except Exception as e:
             raise CheckpointError(f"{self.path}: tensor {t.name} could not be dequantised ({e})") from e
         w = np.asarray(w, np.float32).reshape(self.shape(key))
