@@ -93,7 +93,7 @@ class SentimentConfig:
     train_top_blocks: int | None = 2
     sample_batch: int = 32
     decode_batch: int = 16  # 256 rows for W K = 16 (4.4 GB of caches at 512 rows for best-of-32)
-    methods: str = ",".join(METHODS[:-1])  # every method but bon_guide (which needs guide_model)
+    methods: str = ",".join(m for m in METHODS if m != "bon_guide")  # bon_guide needs guide_model
     dtype: str = "float32"
     seed: int = 0
 
