@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -60,7 +61,7 @@ def examples() -> list:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """A source checkout's scripts and what the README's main job leaves for the examples (its sampled, labelled
-    data)."""
+    data). Removed after the module: the examples' checkpoints and exports come to ~5 GB."""
     work = tmp_path_factory.mktemp("docs")
     for script_dir in ("train", "decode", "benchmarks"):  # a reader runs the pages from a source checkout
         (work / script_dir).symlink_to(ROOT / script_dir)
@@ -68,7 +69,8 @@ def workspace(tmp_path_factory):
                            "--stages", "sample,label", "--run-dir", "runs/sentiment-fast", "--quiet"],
                           cwd=work, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return work
+    yield work
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _shrink(body: str, pairs: list, where: str) -> str:
