@@ -128,6 +128,24 @@ def put(x, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -
     return jax.device_put(np.asarray(x), named_sharding(axes, np.shape(x), mesh, rules))
 
 
+def cpu_mesh(mesh: Mesh | None) -> bool:
+    """Whether `mesh` is several XLA:CPU devices (host devices), where `settle` and the engine's ordering apply."""
+    return mesh is not None and mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
+
+
+def settle(tree, mesh: Mesh | None):
+    """Waits for a sharded program's outputs when the mesh is several XLA:CPU devices; returns `tree`.
+
+    On XLA:CPU (jax 0.10) each device of a multi-device program launches on its own, and the client's launch
+    slots are shared: when one device queues several executions ahead, another can wait for a slot while the first
+    waits for it inside a collective — a deadlock (reproduced with a 2-device psum loop dispatched 100 times on a
+    2-core host under load: hung in 6 of 8 runs, 0 of 8 when each call was waited for). Host-device meshes are for
+    tests, notebooks and CPU pods, where waiting costs little; GPU and TPU keep asynchronous dispatch."""
+    if cpu_mesh(mesh):
+        jax.block_until_ready(tree)
+    return tree
+
+
 def to_host(x) -> np.ndarray:
     """Device array -> numpy, gathering shards held by other processes in a multi-process run."""
     if getattr(x, "is_fully_addressable", True):

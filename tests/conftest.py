@@ -22,11 +22,6 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_session_cache, 
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("IVG_JAX_CACHE_DIR", os.path.join(_session_cache, "ivg-jax"))
 sys.path.insert(0, os.path.dirname(__file__))
-# Sharded tests (and the subprocesses they start) run several host devices on 2 busy cores: without this, a device
-# that reaches a collective a minute late makes XLA:CPU abort the process (ivg_jax/runtime.py).
-from ivg_jax.runtime import patient_cpu_collectives  # noqa: E402
-
-patient_cpu_collectives()
 
 import pytest  # noqa: E402
 from oracle import FAMILIES, make_hf_model  # noqa: E402

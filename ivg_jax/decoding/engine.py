@@ -48,7 +48,7 @@ from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_p
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, extend_trunk, prefill, prefill_trunk
-from ivg_jax.sharding import constrain, put, shard_params, to_host
+from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -496,9 +496,10 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     """
     call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh, compaction)
     inputs, prompt_tokens, w_host = encode_inputs(call, prompts, seed, implicit_weights, explicit_weight)
-    params = placed_params(call)
+    mesh = call.program.mesh  # each sharded dispatch settles before the next on CPU meshes (sharding.settle)
+    params = settle((placed_params(call), inputs), mesh)[0]
     if call.host_kind is None:
-        state, best = run(call.program, params, inputs)
+        state, best = settle(run(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
     return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
 
@@ -690,17 +691,17 @@ def _host_scored_search(program: Program, params: Members, inputs: Inputs, score
     """The chunk loop on the host: a compiled chunk, the rows' text re-scored by the scorer (its caches roll
     forward incrementally), a compiled selection with those scores, the scorer's rows reordered to match.
     -> (final state, the last chunk's scores [R])."""
-    state = init_state(program, params, inputs)
+    state = settle(init_state(program, params, inputs), program.mesh)
     scores = None
     for c in range(program.n_chunks):
-        state = run_chunk(program, params, inputs, state)
+        state = settle(run_chunk(program, params, inputs, state), program.mesh)
         tokens, lengths, done = to_host(state.tokens), to_host(state.lengths), to_host(state.done)
         ended = done & np.isin(tokens[np.arange(len(tokens)), np.maximum(lengths - 1, 0)], tokenizer.all_special_ids)
         texts = [tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]
         scores = scorer.score(texts, ended)
         if c + 1 == program.n_chunks or done.all():
             break
-        state, rows = select(program, state, jnp.asarray(scores))
+        state, rows = settle(select(program, state, jnp.asarray(scores)), program.mesh)
         scorer.reorder(to_host(rows))
     return state, scores
 
@@ -721,7 +722,8 @@ def _result(call: Plan, state: DecodeState, best: np.ndarray, prompt_tokens: np.
     best = best[:n_real]
     host = {k: to_host(v) for k, v in dict(
         tokens=state.tokens, lengths=state.lengths, log_ratio=state.log_ratio, kl=state.kl,
-        scores=chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf, scores),
+        scores=settle(chunk_scores(program, state) if scores is None else jnp.where(state.duplicate, -jnp.inf,
+                                                                                    scores), program.mesh),
         done=state.done, duplicate=state.duplicate, work=state.work).items()}
     tokens = host["tokens"][best, :program.max_new_tokens]
     lengths = host["lengths"][best]

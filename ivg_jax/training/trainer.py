@@ -28,7 +28,7 @@ import numpy as np
 from ivg_jax.errors import CheckpointError, InputError, check_template, require_dtype, require_finite, require_positive
 from ivg_jax.guidance import same_vocabulary
 from ivg_jax.model.api import Model, abstract_model, attach_head
-from ivg_jax.sharding import DEFAULT_RULES, make_mesh, to_host
+from ivg_jax.sharding import DEFAULT_RULES, make_mesh, settle, to_host
 from ivg_jax.training import data as data_lib
 from ivg_jax.training.checkpoint import Checkpoints
 from ivg_jax.training.optim import OptimConfig, make_optimizer
@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
                 batch = next(batches)
                 if objective.kind == "dpo" and cfg.reference_logprobs == "per_batch":
                     batch["ref_logprobs"] = to_host(fns.reference(ref_model.params, fns.batch_sharding(batch)))
-                state, metrics = fns.train(state, frozen, fns.batch_sharding(batch))
+                state, metrics = settle(fns.train(state, frozen, fns.batch_sharding(batch)), mesh)
                 step += 1
                 window.add(metrics, int(batch["mask"].sum()))
                 if step % cfg.log_every == 0 or step == total:
