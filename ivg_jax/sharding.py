@@ -129,7 +129,7 @@ def put(x, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -
 
 
 def cpu_mesh(mesh: Mesh | None) -> bool:
-    """Whether `mesh` is several XLA:CPU devices (host devices), where `settle` and the engine's ordering apply."""
+    """Whether `mesh` is several XLA:CPU devices (host devices), where `settle` waits."""
     return mesh is not None and mesh.devices.size > 1 and mesh.devices.flat[0].platform == "cpu"
 
 

@@ -2,7 +2,7 @@
 
 scaling_on_a_mesh once died or hung intermittently inside its sharded generate call on a loaded 2-core machine:
 XLA:CPU deadlocks in two ways there (docs/sharding.md, "Host-device meshes"); `generate` now settles each sharded
-dispatch on CPU meshes, and on host devices the notebook decodes with rows split only (0 hangs in 12 loaded runs,
+dispatch on CPU meshes, and on host devices the notebook decodes with rows split only (0 hangs in 22 loaded runs,
 against 2-3 in 9 with weights split over a model axis).
 Each kernel gets its own TMPDIR, which must be empty afterwards: a notebook that leaves its temporary files behind
 fills a user's disk (train_a_guide once left 1.3 GB per run)."""

@@ -14,8 +14,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ivg_jax.sharding import settle
 mesh = jax.make_mesh((2,), ('x',))
 x = jax.device_put(jnp.ones((2, 512, 512)), NamedSharding(mesh, P('x')))
-loop = jax.jit(jax.shard_map(lambda a: jax.lax.fori_loop(0, 100, lambda i, b: jnp.tanh(b @ b + jax.lax.psum(b, 'x')), a),
-                             mesh=mesh, in_specs=P('x'), out_specs=P('x')))
+step = lambda i, b: jnp.tanh(b @ b + jax.lax.psum(b, 'x'))
+loop = jax.jit(jax.shard_map(lambda a: jax.lax.fori_loop(0, 100, step, a), mesh=mesh, in_specs=P('x'),
+                             out_specs=P('x')))
 jax.block_until_ready(loop(x))  # compiled
 pending = loop(x)  # multi-device programs dispatch asynchronously: ~1 s of matmuls still to run
 assert not all(s.data.is_ready() for s in pending.addressable_shards)
