@@ -1,8 +1,10 @@
 """The compiled IVG engine against a cache-free re-implementation, brute-force scores, and its own corner cases."""
 
 import dataclasses
+import functools
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from oracle import word_tokenizer
@@ -282,6 +284,42 @@ def test_rows_read_one_copy_of_their_prompt(models):
         np.testing.assert_allclose(getattr(shared_state, key), getattr(copied_state, key), atol=1e-5)
     np.testing.assert_array_equal(shared_best, copied_best)
 
+
+
+def test_bfloat16_rows_read_their_shared_prompts():
+    """bf16 attention of several prompts' rows reading one shared copy of each prompt runs (XLA:CPU once refused
+    its dot: `DotThunk ... BF16 x BF16 = F32`, so bf16 searches over P > 1 prompts failed) and matches float32
+    attention where every row holds its own copy of its prompt."""
+    from flax import nnx
+
+    from ivg_jax.model.layers import Attention, rope_inverse_frequencies
+
+    n_prompts, rows, slots, own = 3, 4, 7, 2  # P, B/P, a prompt's slots, each row's own cached tokens
+    b, h, k = n_prompts * rows, CFG.head_dim, CFG.n_kv_heads
+    graphdef, state = nnx.split(Attention(CFG, jnp.float32, rngs=nnx.Rngs(0)))
+    state = jax.tree.map(lambda a: a.astype(jnp.bfloat16).astype(jnp.float32), state)  # both read bf16 weights
+    as_bf16 = nnx.merge(graphdef, jax.tree.map(lambda a: a.astype(jnp.bfloat16), state))
+    as_f32 = nnx.merge(graphdef, state)
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):  # values bf16 holds exactly, so both runs start from the same numbers
+        return jnp.asarray(rng.normal(size=shape), jnp.bfloat16).astype(jnp.float32)
+
+    x, prefix_k, prefix_v = rand(b, 1, CFG.d_model), rand(n_prompts, k, slots, h), rand(n_prompts, k, slots, h)
+    cache_k, cache_v = rand(b, k, own, h), rand(b, k, own, h)
+    prefix_pos = jnp.tile(jnp.arange(slots, dtype=jnp.int32), (n_prompts, 1))
+    cache_pos = jnp.tile(jnp.arange(slots, slots + own, dtype=jnp.int32), (b, 1))
+    positions = jnp.full((b, 1), slots + own, jnp.int32)
+    inv_freq = jnp.asarray(rope_inverse_frequencies(CFG))
+    bf = functools.partial(jax.tree.map, lambda a: a.astype(jnp.bfloat16))
+    got, _, _ = jax.jit(lambda *a: as_bf16(*a))(
+        *bf((x,)), positions, inv_freq, *bf((cache_k, cache_v)), cache_pos, (*bf((prefix_k, prefix_v)), prefix_pos))
+    copies = [jnp.concatenate([jnp.repeat(p, rows, axis=0), c], axis=2) for p, c in
+              ((prefix_k, cache_k), (prefix_v, cache_v))]
+    want, _, _ = as_f32(x, positions, inv_freq, *copies,
+                        jnp.concatenate([jnp.repeat(prefix_pos, rows, axis=0), cache_pos], axis=1))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.02 * float(jnp.abs(want).max()))
 
 EARLY_STOP = tuple(range(1, 6))  # 5 of 61 ids end a row: rows stop at very different steps
 

@@ -8,6 +8,7 @@ Nq and Nkv, since K is the decoder's candidates per beam (glossary in `ivg_jax.d
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -103,6 +104,18 @@ def visible(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array
     return ok
 
 
+def _read_prefix(probs: jax.Array, dtype, *, by_prompt: tuple[int, int], prefix_v: jax.Array) -> jax.Array:
+    """probs [B, Nkv, G, T, Sp] over a shared prompt's slots, prefix_v [P, Nkv, Sp, H] -> [B, Nkv, G, T, H].
+
+    The dot's batch axes (prompt, kv head) lead both operands: with the prompt's rows between them, XLA:CPU
+    lowers a bf16 x bf16 -> f32 dot to a DotThunk that cannot run it (`UNIMPLEMENTED ... BF16 x BF16 = F32`,
+    any P > 1, Sp > 1), so bf16 decoding of several prompts failed."""
+    p, r = by_prompt
+    by_head = probs.reshape(p, r, *probs.shape[1:]).transpose(0, 2, 1, 3, 4, 5)  # [P, Nkv, B/P, G, T, Sp]
+    out = einsum("pkrgts,pksh->pkrgth", by_head, prefix_v, dtype)
+    return out.transpose(0, 2, 1, 3, 4, 5).reshape(p * r, *out.shape[1:2], *out.shape[3:])
+
+
 def _dense_heads(x: jax.Array, w: jax.Array) -> jax.Array:
     """x [B, T, D] @ w [D, heads, H] -> [B, T, heads, H]."""
     return mm(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
@@ -166,8 +179,7 @@ class Attention(nnx.Module):
             segments.append((
                 einsum("prtkgh,pksh->prkgts", grouped, prefix_k, jnp.float32).reshape(*heads, -1),
                 visible(positions, jnp.repeat(prefix_pos, by_prompt[1], axis=0), cfg.sliding_window),
-                lambda probs, dtype: einsum("prkgts,pksh->prkgth", probs.reshape(*by_prompt, *probs.shape[1:]),
-                                            prefix_v, dtype).reshape(*heads, -1)))
+                functools.partial(_read_prefix, by_prompt=by_prompt, prefix_v=prefix_v)))
         if cache_k is not None:
             segments.append((einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32),
                              visible(positions, cache_pos, cfg.sliding_window),
