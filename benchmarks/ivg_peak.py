@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
 from ivg_jax.decoding.sampling import sample, step_keys  # noqa: E402
+from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
 
 GPT2_SMALL = ivg_jax.ModelConfig(
     family="gpt2", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, n_kv_heads=12, head_dim=64, d_ff=3072,
@@ -169,23 +170,30 @@ def step_parts(models, call, params, inputs):
 
 
 def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: int, peak: float,
-             bandwidth: float) -> dict:
+             bandwidth: float, unroll: bool) -> dict:
     base = models[0]
     prompts, guidance, search, kw = ivg_setup(models, n_prompts, new_tokens)
+    kw["unroll_layers"] = unroll
     t = time.perf_counter()
     ivg_jax.generate(base, prompts, guidance, search, **kw)
     compile_s = time.perf_counter() - t
     seconds = median_seconds(lambda: ivg_jax.generate(base, prompts, guidance, search, **kw).tokens, repeats)
-    call = engine.plan(base, prompts, guidance, search, kw["sampling"], new_tokens, stop_ids=[])
+    call = engine.plan(base, prompts, guidance, search, kw["sampling"], new_tokens, stop_ids=[], unroll_layers=unroll)
     inputs, _, _ = engine.encode_inputs(call, prompts)
     params = engine.placed_params(call)
+    memory = engine.run.lower(call.program, params, inputs).compile().memory_analysis()
+    weights_gb = sum(x.nbytes for x in jax.tree.leaves(params)) / 1e9
+    if unroll:
+        params = params.map(unstack_blocks)
     parts = step_parts(models, call, params, inputs)
     n_steps = call.program.n_steps
     rate = parts["step_gflop"] * n_steps / seconds
     # Roofline: a step cannot run faster than its FLOPs at the matmul peak, nor than its bytes at the
     # bandwidth; at 16 rows decoding streams every weight once per 16 tokens and is bandwidth-bound.
     roofline = min(peak, bandwidth * parts["step_gflop"] / parts["step_gbytes"])
-    row = {"dtype": dtype_name, "prompts": n_prompts, "s_per_prompt": seconds / n_prompts,
+    row = {"dtype": dtype_name, "layers": "unrolled" if unroll else "scan", "prompts": n_prompts,
+           "s_per_prompt": seconds / n_prompts, "weights_gb": weights_gb,
+           "temp_gb": memory.temp_size_in_bytes / 1e9 if memory is not None else float("nan"),
            "compile_s": compile_s - seconds, "gflop_per_s": rate, "peak_gflop_per_s": peak,
            "fraction_of_peak": rate / peak, "bandwidth_gb_per_s": bandwidth, "roofline_gflop_per_s": roofline,
            "fraction_of_roofline": rate / roofline, **parts}
@@ -194,18 +202,28 @@ def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: 
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dtype | prompts | rows | s/prompt | step GFLOP | step GB | GFLOP/s | matmul peak GFLOP/s | % of peak "
+    lines = ["| dtype | layers | prompts | rows | s/prompt | compile s | weights GB | XLA temp GB | step GFLOP "
+             "| step GB | GFLOP/s | matmul peak GFLOP/s | % of peak "
              "| roofline GFLOP/s | % of roofline | step ms | models ms (blocks + heads) | of which vocab heads ms "
              "| guidance ms | sampling ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|" + "---:|" * 18]
     for r in rows:
-        lines.append(f"| {r['dtype']} | {r['prompts']} | {r['rows']} | {r['s_per_prompt']:.2f} "
+        lines.append(f"| {r['dtype']} | {r['layers']} | {r['prompts']} | {r['rows']} | {r['s_per_prompt']:.2f} "
+                     f"| {r['compile_s']:.0f} | {r['weights_gb']:.2f} | {r['temp_gb']:.2f} "
                      f"| {r['step_gflop']:.1f} | {r['step_gbytes']:.2f} | {r['gflop_per_s']:.0f} "
                      f"| {r['peak_gflop_per_s']:.0f} | {100 * r['fraction_of_peak']:.0f}% "
                      f"| {r['roofline_gflop_per_s']:.0f} | {100 * r['fraction_of_roofline']:.0f}% "
                      f"| {1000 * r['step_s']:.0f} | {1000 * r['models_s']:.0f} "
                      f"| {1000 * r['vocab_heads_s']:.0f} | {1000 * r['guidance_s']:.0f} "
                      f"| {1000 * r['sampling_s']:.1f} |")
+    by_case = {(r["dtype"], r["prompts"], r["layers"]): r for r in rows}
+    for (dtype, prompts, layers), r in by_case.items():
+        scan = by_case.get((dtype, prompts, "scan"))
+        if layers == "unrolled" and scan:
+            speedup = scan["s_per_prompt"] / r["s_per_prompt"]
+            lines.append(f"\n{dtype}, {prompts} prompt(s): unrolled layers {speedup:.2f}x "
+                         f"the speed of the scan over stacked layers, compile {r['compile_s']:.0f} s vs "
+                         f"{scan['compile_s']:.0f} s, XLA temp {r['temp_gb']:.2f} vs {scan['temp_gb']:.2f} GB")
     return "\n".join(lines)
 
 
@@ -215,6 +233,9 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="*", type=int, default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--layer-loops", nargs="*", default=["scan", "unrolled"], choices=["scan", "unrolled"],
+                    help="how each model runs its blocks: a scan over the stacked weights (the default of generate) "
+                         "or one block after another on per-layer weights (generate(unroll_layers=True))")
     ap.add_argument("--out", default="")
     ap.add_argument("--peak-size", type=int, default=0,
                     help="n of the n^3 matmul that measures the peak (default: 2048 on CPU, 8192 on an accelerator, "
@@ -230,7 +251,9 @@ def main() -> None:
         print(f"{name} matmul peak: {peak:.0f} GFLOP/s", flush=True)
         models = make_models(dtype)
         for n in args.prompts:
-            rows.append(run_case(models, name, n, args.new_tokens, args.repeats, peak, bandwidth))
+            for loop in args.layer_loops:
+                unroll = loop == "unrolled"
+                rows.append(run_case(models, name, n, args.new_tokens, args.repeats, peak, bandwidth, unroll))
         del models
     hardware = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, {jax.devices()[0].device_kind}"
     text = (f"Hardware: {hardware}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}; read bandwidth {bandwidth:.1f} GB/s; "

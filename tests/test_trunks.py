@@ -2,6 +2,7 @@
 them once per step. Found from the weights alone; the search's results are bit-identical to running every model
 in full (the oracle: the same call with sharing switched off); the compiled program does less work."""
 
+import dataclasses
 import functools
 
 import jax
@@ -169,3 +170,29 @@ def test_weights_are_compared_once_per_set_of_arrays(models, monkeypatch):
     changed = retrained(models["base"], 2, 12)  # other arrays, same shapes: compared anew
     g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(changed, models["base"], 1.0)], token="implicit")
     assert _trunks(models["base"], g) == (Trunk((0, 1, 2), 2),) and len(calls) == first + 1
+
+
+@pytest.mark.parametrize("compaction", [0, 2])
+def test_unrolled_layers_change_no_result(models, compaction):
+    """`unroll_layers` runs each model's blocks one after another on per-layer weights (shared trunks, the top
+    blocks branching off them, compaction levels and the separately compiled chunk of host-scored searches
+    included): the search's results are those of the scan over the stacked blocks."""
+    g = ivg(models)
+    search = ivg_jax.Search(2, 2, 3)
+    kw = dict(max_new_tokens=9, seed=[3, 4, 5], compaction=compaction)
+    scanned = ivg_jax.generate(models["base"], PROMPTS, g, search, **kw)
+    unrolled = ivg_jax.generate(models["base"], PROMPTS, g, search, unroll_layers=True, **kw)
+    np.testing.assert_array_equal(unrolled.tokens, scanned.tokens)
+    np.testing.assert_array_equal(unrolled.lengths, scanned.lengths)
+    for key in ("scores", "log_ratio", "kl"):
+        np.testing.assert_allclose(getattr(unrolled, key), getattr(scanned, key), atol=1e-5, err_msg=key)
+
+    call = engine.plan(models["base"], PROMPTS, g, search, None, 9, unroll_layers=True)
+    assert call.program.unroll_layers and call.program.trunks
+    inputs, _, _ = engine.encode_inputs(call, PROMPTS, 3)
+    params = engine.placed_params(call)
+    states = []
+    for program in (call.program, dataclasses.replace(call.program, unroll_layers=False)):
+        states.append(engine.run_chunk(program, params, inputs, engine.init_state(program, params, inputs)))
+    np.testing.assert_array_equal(states[0].tokens, states[1].tokens)
+    np.testing.assert_allclose(states[0].value, states[1].value, atol=1e-5)

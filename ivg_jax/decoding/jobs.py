@@ -56,8 +56,8 @@ class DecodeJobConfig(DecodeSettings):
 
     def config_hash(self) -> str:
         """Hash of every setting that changes a prompt's result (not paths of files, batching, sharding or
-        compaction)."""
-        skip = {"input", "output", "batch_size", "num_shards", "shard_index", "compaction"}
+        compaction, layer loops)."""
+        skip = {"input", "output", "batch_size", "num_shards", "shard_index", "compaction", "unroll_layers"}
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -35,6 +35,7 @@ class DecodeSettings:
     guide_template: str = "{prompt}"
     stop: str = ""  # a string that ends a continuation; "" = none
     compaction: int = 0  # halve the batch up to this many times as rows finish (speed only; results unchanged)
+    unroll_layers: bool = False  # blocks on per-layer weights (speed for memory and compile time; results unchanged)
 
     def __post_init__(self):
         if self.token not in MODES or self.chunk not in MODES:
@@ -87,4 +88,4 @@ class DecodeSettings:
 
         return generate(base, list(prompts), guidance, self.search, self.sampling,
                         max_new_tokens=self.max_new_tokens, seed=list(seeds), stop_strings=self.stop_strings,
-                        compaction=self.compaction)
+                        compaction=self.compaction, unroll_layers=self.unroll_layers)

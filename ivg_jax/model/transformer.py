@@ -45,7 +45,7 @@ class Transformer(nnx.Module):
             self.score_head = _param(rngs, (cfg.d_model,), dtype, ("embed",))
 
     def hidden(self, tokens: jax.Array, positions: jax.Array, cache: KVCache | None = None, frozen_layers: int = 0,
-               trunk: jax.Array | None = None):
+               trunk: jax.Array | None = None, layers: tuple | None = None):
         """tokens, positions: [B, T] -> final-normed hidden [B, T, D], new k and v [layers, B, Nkv, T, H].
 
         `frozen_layers` > 0 (training without a cache) runs the bottom blocks as their own scan and stops the
@@ -58,7 +58,7 @@ class Transformer(nnx.Module):
             raise InputError("frozen_layers is a training option; it cannot be combined with a KV cache")
         n = self.cfg.n_layers
         if not frozen_layers:
-            x, k, v = self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n, cache)
+            x, k, v = self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n, cache, layers=layers)
             return self.final_norm(x), k, v
         kv_bottom = None
         if trunk is None:
@@ -69,7 +69,7 @@ class Transformer(nnx.Module):
         return self.final_norm(x), k, v
 
     def blocks_range(self, x: jax.Array, positions: jax.Array, start: int, stop: int, cache: KVCache | None = None,
-                     copy_weights: bool = True):
+                     copy_weights: bool = True, layers: tuple | None = None):
         """Blocks [start, stop) (one `lax.scan`) on x [B, T, D] -> (x [B, T, D], not normed; new k and v
         [stop - start, B, Nkv, T, H]). `cache` holds exactly these blocks' keys and values.
 
@@ -77,9 +77,13 @@ class Transformer(nnx.Module):
         the gradient is the slice's), or, for decoding, over layer indices into the whole stack: XLA hoists a
         slice out of the decode loop as a copy of those blocks' weights — a second copy of a guide's trunk for
         the whole search — while an index reads each block in place, as the full-stack scan does.
+
+        `layers` (`unstack_blocks`: one weights dict per block) runs the blocks one after another instead.
         """
         inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
+        if layers is not None:
+            return _blocks_unrolled(graphdef, layers[start:stop], x, positions, inv_freq, cache)
         whole = (start, stop) == (0, self.cfg.n_layers)
         by_index = not whole and not copy_weights
         if not whole and copy_weights:
@@ -104,10 +108,12 @@ class Transformer(nnx.Module):
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
-    def top(self, x: jax.Array, positions: jax.Array, from_layer: int, cache: KVCache | None = None):
+    def top(self, x: jax.Array, positions: jax.Array, from_layer: int, cache: KVCache | None = None,
+            layers: tuple | None = None):
         """The model from block `from_layer` on, given those blocks' input x [B, T, D] (the embedding when
         `from_layer` is 0) -> (head output float32, new k and v of blocks [from_layer, N))."""
-        x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache, copy_weights=False)
+        x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache, copy_weights=False,
+                                    layers=layers)
         return self.head(self.final_norm(x)), k, v
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
@@ -134,9 +140,46 @@ class Transformer(nnx.Module):
             w = self.lm_head[...]
         return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
 
-    def __call__(self, tokens, positions, cache: KVCache | None = None):
-        h, k, v = self.hidden(tokens, positions, cache)
+    def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
+        h, k, v = self.hidden(tokens, positions, cache, layers=layers)
         return self.head(h), k, v
+
+
+def _blocks_unrolled(graphdef, layers: tuple, x: jax.Array, positions: jax.Array, inv_freq, cache: KVCache | None):
+    """`Transformer.blocks_range` over per-layer weights `layers` (the cache holds exactly these blocks)."""
+    prefix = None if cache is None else cache.prefix
+    ks, vs = [], []
+    for i, weights in enumerate(layers):
+        block = nnx.merge(graphdef, weights)
+        shared = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.pos)
+        cached = (None, None, None) if cache is None else (cache.k[i], cache.v[i], cache.pos)
+        x, k, v = block(x, positions, inv_freq, *cached, shared)
+        ks.append(k)
+        vs.append(v)
+    return x, jnp.stack(ks), jnp.stack(vs)
+
+
+def unstack_blocks(params: dict) -> dict:
+    """The weights with their blocks as a tuple of per-layer dicts ([layers, ...] -> layers x [...]): the
+    decode layout (`generate(unroll_layers=True)`).
+
+    XLA:CPU runs a block stack as a loop whose every step copies the block's weights out of the stacked arrays
+    (per token), and runs bf16 matmuls inside such a loop in float32 on a float32 copy of all the weights; blocks
+    with weights of their own run in place, in bf16. Made inside a jitted search, the slices are one copy of the
+    blocks per call, outside its token loop.
+    """
+    blocks = params["blocks"]
+    n = jax.tree.leaves(blocks)[0].shape[0]
+    return {**params, "blocks": tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n))}
+
+
+def _merge(graphdef, params: dict) -> tuple[Transformer, tuple | None]:
+    """The module and, for weights in the decode layout (`unstack_blocks`), its per-layer weights. The module
+    then holds a one-block stack (layer 0): only its structure is read."""
+    blocks = params["blocks"]
+    if not isinstance(blocks, tuple):
+        return nnx.merge(graphdef, params), None
+    return nnx.merge(graphdef, {**params, "blocks": jax.tree.map(lambda a: a[None], blocks[0])}), blocks
 
 
 def positions_from_mask(mask: jax.Array, start: jax.Array | int = 0) -> jax.Array:
@@ -180,10 +223,10 @@ def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int,
     [from_layer, N) only.
     """
     _check_capacity(tokens, capacity)
-    model = nnx.merge(graphdef, params)
+    model, layers = _merge(graphdef, params)
     positions = positions_from_mask(mask)
     x = trunk if from_layer else model.embed_tokens(tokens, positions)
-    h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers, copy_weights=False)
+    h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers, copy_weights=False, layers=layers)
     h = model.final_norm(h)
     out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
     return out, _fresh_cache(k, v, positions, capacity)
@@ -194,9 +237,10 @@ def prefill_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity
     """The bottom `n_layers` blocks of padded prompts: tokens, mask [B, T] -> (their output [B, T, D], a fresh
     KVCache of those blocks with index T)."""
     _check_capacity(tokens, capacity)
-    model = nnx.merge(graphdef, params)
+    model, layers = _merge(graphdef, params)
     positions = positions_from_mask(mask)
-    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, copy_weights=False)
+    x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, copy_weights=False,
+                                 layers=layers)
     return x, _fresh_cache(k, v, positions, capacity)
 
 
@@ -208,22 +252,22 @@ def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache,
     tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see. `from_layer`,
     `trunk` [B, T, D]: as in `prefill` (the trunk from `extend_trunk`; the cache holds the top blocks).
     """
-    model = nnx.merge(graphdef, params)
+    model, layers = _merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
     if from_layer:
-        out, k, v = model.top(trunk, positions, from_layer, cache)
+        out, k, v = model.top(trunk, positions, from_layer, cache, layers)
     else:
-        out, k, v = model(tokens, positions, cache)
+        out, k, v = model(tokens, positions, cache, layers)
     return out, cache.write(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"), donate_argnames=("cache",))
 def extend_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache, n_layers: int):
     """`extend` through the bottom `n_layers` blocks only: -> (their output [B, T, D], the trunk cache)."""
-    model = nnx.merge(graphdef, params)
+    model, layers = _merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
     x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache,
-                                 copy_weights=False)
+                                 copy_weights=False, layers=layers)
     return x, cache.write(k, v, positions)
 
 
