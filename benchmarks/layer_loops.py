@@ -1,0 +1,76 @@
+"""Plain decoding of SmolLM2-135M with its blocks as a scan over stacked weights vs one block after another on
+per-layer weights (issue 14), alternating in one process: the per-layer weights are made once, before timing
+(`unstack_blocks`), so this measures the loops themselves, not the per-call copy `generate(unroll_layers=True)`
+makes. Greedy, no early stop; tok/s end to end (prefill included), median of --repeats after a compiling call.
+
+    python benchmarks/layer_loops.py [--batches 1 16 64] [--dtypes float32 bfloat16] [--new-tokens 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+from ivg_jax.runtime import tune_cpu
+
+tune_cpu()
+
+import jax  # noqa: E402
+
+from ivg_jax.decoding.plain import complete  # noqa: E402
+from ivg_jax.defaults import default_model_path  # noqa: E402
+from ivg_jax.loading import load_model  # noqa: E402
+from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(__file__))
+from decode_throughput import prompts  # noqa: E402
+
+
+def tok_per_s(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, float, object]:
+    p = prompts(batch)
+    t = time.perf_counter()
+    complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
+        times.append(time.perf_counter() - t)
+    return batch * new_tokens / statistics.median(times), first, out.tokens
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--new-tokens", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    lines = ["| dtype | batch | tok/s scan | tok/s unrolled | unrolled / scan | first call s scan / unrolled | "
+             "same tokens |", "|---|---:|---:|---:|---:|---:|---|"]
+    for dtype in args.dtypes:
+        model = load_model(default_model_path(), dtype=dtype)
+        unrolled = model.with_params(jax.jit(unstack_blocks)(model.params))
+        for batch in args.batches:
+            scan_rate, scan_first, scan_tokens = tok_per_s(model, batch, args.new_tokens, args.repeats)
+            rate, first, tokens = tok_per_s(unrolled, batch, args.new_tokens, args.repeats)
+            lines.append(f"| {dtype} | {batch} | {scan_rate:.1f} | {rate:.1f} | {rate / scan_rate:.2f}x | "
+                         f"{scan_first:.1f} / {first:.1f} | {bool((scan_tokens == tokens).all())} |")
+            print(lines[-1], flush=True)
+        del model, unrolled
+    text = (f"SmolLM2-135M-Instruct (the embedded GGUF), greedy, {args.new_tokens} new tokens, median of "
+            f"{args.repeats}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+            f"{jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}\n\n" + "\n".join(lines))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
