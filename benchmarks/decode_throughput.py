@@ -42,6 +42,22 @@ def randomize(model_dir: str) -> None:
     model.save_pretrained(model_dir)
 
 
+def time_complete(model, texts: list[str], new_tokens: int, repeats: int) -> tuple[float, list[float], object]:
+    """Plain greedy decoding of `texts` without early stop: (seconds of the first, compiling call, seconds of each
+    of `repeats` calls after it, the last call's `Completion`)."""
+    from ivg_jax.decoding.plain import complete
+
+    t = time.perf_counter()
+    complete(model, texts, max_new_tokens=new_tokens, stop_ids=[])
+    first = time.perf_counter() - t
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = complete(model, texts, max_new_tokens=new_tokens, stop_ids=[])
+        times.append(time.perf_counter() - t)
+    return first, times, out
+
+
 def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
     from ivg_jax.runtime import tune_cpu
 
@@ -54,14 +70,7 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
 
     model = load_model(model_dir or default_model_path(), dtype=dtype)
     p = prompts(batch)
-    t = time.perf_counter()
-    complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
-        times.append(time.perf_counter() - t)
+    first, times, out = time_complete(model, p, new_tokens, repeats)
     complete(model, p, max_new_tokens=1, stop_ids=[])  # compile the 1-token program
     ttft = []
     for _ in range(repeats):

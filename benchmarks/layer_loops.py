@@ -13,7 +13,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 from ivg_jax.runtime import tune_cpu
 
@@ -21,25 +20,16 @@ tune_cpu()
 
 import jax  # noqa: E402
 
-from ivg_jax.decoding.plain import complete  # noqa: E402
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.loading import load_model  # noqa: E402
 from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from decode_throughput import prompts  # noqa: E402
+from decode_throughput import prompts, time_complete  # noqa: E402
 
 
 def tok_per_s(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, float, object]:
-    p = prompts(batch)
-    t = time.perf_counter()
-    complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = complete(model, p, max_new_tokens=new_tokens, stop_ids=[])
-        times.append(time.perf_counter() - t)
+    first, times, out = time_complete(model, prompts(batch), new_tokens, repeats)
     return batch * new_tokens / statistics.median(times), first, out.tokens
 
 
