@@ -285,7 +285,6 @@ def test_rows_read_one_copy_of_their_prompt(models):
     np.testing.assert_array_equal(shared_best, copied_best)
 
 
-
 def test_bfloat16_rows_read_their_shared_prompts():
     """bf16 attention of several prompts' rows reading one shared copy of each prompt runs (XLA:CPU once refused
     its dot: `DotThunk ... BF16 x BF16 = F32`, so bf16 searches over P > 1 prompts failed) and matches float32
@@ -320,6 +319,7 @@ def test_bfloat16_rows_read_their_shared_prompts():
                         jnp.concatenate([jnp.repeat(prefix_pos, rows, axis=0), cache_pos], axis=1))
     assert got.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=0.02 * float(jnp.abs(want).max()))
+
 
 EARLY_STOP = tuple(range(1, 6))  # 5 of 61 ids end a row: rows stop at very different steps
 

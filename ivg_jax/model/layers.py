@@ -113,7 +113,7 @@ def _read_prefix(probs: jax.Array, dtype, *, by_prompt: tuple[int, int], prefix_
     p, r = by_prompt
     by_head = probs.reshape(p, r, *probs.shape[1:]).transpose(0, 2, 1, 3, 4, 5)  # [P, Nkv, B/P, G, T, Sp]
     out = einsum("pkrgts,pksh->pkrgth", by_head, prefix_v, dtype)
-    return out.transpose(0, 2, 1, 3, 4, 5).reshape(p * r, *out.shape[1:2], *out.shape[3:])
+    return out.transpose(0, 2, 1, 3, 4, 5).reshape(p * r, out.shape[1], *out.shape[3:])
 
 
 def _dense_heads(x: jax.Array, w: jax.Array) -> jax.Array:

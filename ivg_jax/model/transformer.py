@@ -82,11 +82,9 @@ class Transformer(nnx.Module):
         """
         inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
-        if layers is not None:
-            return _blocks_unrolled(graphdef, layers[start:stop], x, positions, inv_freq, cache)
         whole = (start, stop) == (0, self.cfg.n_layers)
-        by_index = not whole and not copy_weights
-        if not whole and copy_weights:
+        by_index = layers is None and not whole and not copy_weights
+        if layers is None and not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
 
         prefix = None if cache is None else cache.prefix
@@ -101,10 +99,16 @@ class Transformer(nnx.Module):
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared)
             return x, (k, v)
 
-        layers = jnp.arange(start, stop) if by_index else block_params
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
         prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
-        scanned = (layers, *rows_kv, *prefix_kv)
+        if layers is not None:  # the same block step, unrolled over per-layer weights and cache slices
+            ks, vs = [], []
+            for i, weights in enumerate(layers[start:stop]):
+                x, (k, v) = layer(x, (weights, *(None if a is None else a[i] for a in (*rows_kv, *prefix_kv))))
+                ks.append(k)
+                vs.append(v)
+            return x, jnp.stack(ks), jnp.stack(vs)
+        scanned = (jnp.arange(start, stop) if by_index else block_params, *rows_kv, *prefix_kv)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
@@ -143,20 +147,6 @@ class Transformer(nnx.Module):
     def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)
         return self.head(h), k, v
-
-
-def _blocks_unrolled(graphdef, layers: tuple, x: jax.Array, positions: jax.Array, inv_freq, cache: KVCache | None):
-    """`Transformer.blocks_range` over per-layer weights `layers` (the cache holds exactly these blocks)."""
-    prefix = None if cache is None else cache.prefix
-    ks, vs = [], []
-    for i, weights in enumerate(layers):
-        block = nnx.merge(graphdef, weights)
-        shared = None if prefix is None else (prefix.k[i], prefix.v[i], prefix.pos)
-        cached = (None, None, None) if cache is None else (cache.k[i], cache.v[i], cache.pos)
-        x, k, v = block(x, positions, inv_freq, *cached, shared)
-        ks.append(k)
-        vs.append(v)
-    return x, jnp.stack(ks), jnp.stack(vs)
 
 
 def unstack_blocks(params: dict) -> dict:
