@@ -333,7 +333,7 @@ def _decode_layout(program: Program, params: Members) -> Members:
     the per-layer slices (a copy of every block) are made once per call, outside the token loops."""
     if not program.unroll_layers:
         return params
-    return params.map(lambda p: p if isinstance(p["blocks"], tuple) else unstack_blocks(p))
+    return params.map(unstack_blocks)
 
 
 def _run_chunk(program: Program, params: Members, inputs: Inputs, state: DecodeState) -> DecodeState:

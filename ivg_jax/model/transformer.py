@@ -156,9 +156,11 @@ def unstack_blocks(params: dict) -> dict:
     XLA:CPU runs a block stack as a loop whose every step copies the block's weights out of the stacked arrays
     (per token), and runs bf16 matmuls inside such a loop in float32 on a float32 copy of all the weights; blocks
     with weights of their own run in place, in bf16. Made inside a jitted search, the slices are one copy of the
-    blocks per call, outside its token loop.
+    blocks per call, outside its token loop. Weights already in this layout come back as they are.
     """
     blocks = params["blocks"]
+    if isinstance(blocks, tuple):
+        return params
     n = jax.tree.leaves(blocks)[0].shape[0]
     return {**params, "blocks": tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n))}
 
