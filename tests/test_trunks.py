@@ -195,3 +195,32 @@ def test_unrolled_layers_change_no_result(models):
         states.append(engine.run_chunk(program, params, inputs, engine.init_state(program, params, inputs)))
     np.testing.assert_array_equal(states[0].tokens, states[1].tokens)
     np.testing.assert_allclose(states[0].value, states[1].value, atol=1e-5)
+
+
+def test_per_layer_cache_holds_what_the_stacked_one_holds(models):
+    """Blocks on per-layer weights keep one cache buffer per layer and write their new slots before reading
+    (`Attention(write_at=)`): a prefill then a padded multi-token extend give the stacked path's outputs, and
+    each buffer equals that layer of the stacked cache (slots, positions, next index)."""
+    from ivg_jax.model.transformer import extend, prefill, unstack_blocks
+
+    m = models["base"]
+    ids = jnp.asarray([[0, 5, 6, 7], [8, 9, 10, 11]])
+    mask = ids > 0
+    more = jnp.asarray([[12, 13, 0], [14, 0, 0]])
+    outs, caches = [], []
+    for params in (m.params, unstack_blocks(m.params)):
+        first, cache = prefill(m.graphdef, params, ids, mask, capacity=8)
+        out, cache = extend(m.graphdef, params, more, more > 0, cache)
+        outs.append((first, out))
+        caches.append(cache)
+    stacked, per_layer = caches
+    assert isinstance(per_layer.k, tuple) and len(per_layer.k) == CFG.n_layers
+    np.testing.assert_allclose(outs[1][0], outs[0][0], atol=1e-5)
+    valid = np.asarray(more > 0)  # a padding slot's output attends to nothing and means nothing
+    np.testing.assert_allclose(np.asarray(outs[1][1])[valid], np.asarray(outs[0][1])[valid], atol=1e-5)
+    np.testing.assert_array_equal(per_layer.pos, stacked.pos)
+    held = np.asarray(stacked.pos >= 0)  # [B, S] slots that hold a token (padding slots hold garbage)
+    for mine, theirs in ((per_layer.k, stacked.k), (per_layer.v, stacked.v)):
+        np.testing.assert_allclose(np.stack(mine).transpose(1, 3, 0, 2, 4)[held],
+                                   np.asarray(theirs).transpose(1, 3, 0, 2, 4)[held], atol=1e-6)
+    assert int(per_layer.index) == int(stacked.index) == 7

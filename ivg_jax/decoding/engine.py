@@ -142,7 +142,9 @@ def _constrain_rows(program: Program, state: DecodeState) -> DecodeState:
         return state
     mesh = program.mesh
     rows = lambda x: constrain(x, ("batch",) + (None,) * (x.ndim - 1), mesh)  # noqa: E731
-    heads = lambda x: constrain(x, (None, "batch", "kv_heads", None, None), mesh)  # noqa: E731
+    # stacked [layers, B, Nkv, S, H] or per-layer [B, Nkv, S, H] keys and values (a tuple maps over its layers)
+    heads = lambda kv: jax.tree.map(  # noqa: E731
+        lambda x: constrain(x, (None,) * (x.ndim - 4) + ("batch", "kv_heads", None, None), mesh), kv)
 
     def cache(c: KVCache) -> KVCache:
         prefix = c.prefix
@@ -295,9 +297,7 @@ def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeStat
         """The prompts' cache [P] as the rows' [R]: one copy per prompt that its rows read, or a copy per row."""
         if not shared:
             return prompt_cache.take(rows)
-        layers, _, n_kv, _, head_dim = prompt_cache.k.shape
-        return KVCache.zeros(layers, n_prompts * width, program.n_steps, n_kv, head_dim,
-                             prompt_cache.k.dtype).with_prefix(prompt_cache)
+        return prompt_cache.empty_like(n_prompts * width, program.n_steps).with_prefix(prompt_cache)
 
     def capacity(prompt_ids):  # the prompt alone when it is shared, else room for the new tokens too
         return prompt_ids.shape[1] + (0 if shared else program.n_steps)

@@ -4,6 +4,11 @@ All rows write the same slot (`index`) at each call, so the write is one `dynami
 handled by per-slot positions (`pos == -1` marks a slot that holds no token of that row), which is also what
 the attention mask is derived from. Reordering beams gathers the batch axis layer by layer, in place.
 
+Keys and values are held either stacked, [layers, B, Nkv, S, H] (what a `lax.scan` over the blocks reads), or
+as one [B, Nkv, S, H] array per layer (a tuple; the layout of unrolled blocks, `unstack_blocks`): then each
+block's write is an in-place update of its own buffer, where a write into the stacked array after unrolled
+blocks read their slices of it makes XLA copy the whole cache every step. Every method takes either.
+
 A search's rows share their prompt: a cache may carry the prompt's keys and values once per prompt (`KVPrefix`,
 P prompts, the B rows grouped as [P, B/P]) and hold only the rows' own new tokens, instead of B copies of the
 prompt. Attention reads both; nothing else changes.
@@ -17,13 +22,23 @@ import jax
 import jax.numpy as jnp
 
 
+def _rows_axis(x: jax.Array) -> int:
+    """The batch axis of a stacked [layers, B, ...] or per-layer [B, ...] key/value array."""
+    return x.ndim - 4
+
+
+def _take_rows(kv, rows: jax.Array):
+    """kv (stacked array or per-layer tuple) with its batch axis gathered by `rows` [B'] int."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=_rows_axis(x)), kv)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVPrefix:
     """Keys and values of P prompts, shared by each prompt's B/P consecutive rows."""
 
-    k: jax.Array  # [layers, P, Nkv, Sp, H]
-    v: jax.Array  # [layers, P, Nkv, Sp, H]
+    k: jax.Array | tuple  # [layers, P, Nkv, Sp, H], or layers x [P, Nkv, Sp, H]
+    v: jax.Array | tuple
     pos: jax.Array  # [P, Sp] int32 position of each slot's token; -1 = padding
 
     def rows_per_prompt(self, batch: int) -> int:
@@ -33,22 +48,39 @@ class KVPrefix:
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    # [layers, B, Nkv, S, H]: (batch, kv head) lead, so both attention dots read the cache in place
-    k: jax.Array
-    v: jax.Array
+    # [layers, B, Nkv, S, H] or layers x [B, Nkv, S, H]: (batch, kv head) lead, so both attention dots read the
+    # cache in place
+    k: jax.Array | tuple
+    v: jax.Array | tuple
     pos: jax.Array  # [B, S] int32 position of the token held in each slot; -1 = empty or padding
     index: jax.Array  # [] int32 next slot to write, shared by all rows
     prefix: KVPrefix | None = None  # the rows' shared prompts (slots before these), or None
 
     @classmethod
-    def zeros(cls, n_layers: int, batch: int, capacity: int, n_kv_heads: int, head_dim: int, dtype) -> KVCache:
-        shape = (n_layers, batch, n_kv_heads, capacity, head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                   pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+    def zeros(cls, n_layers: int, batch: int, capacity: int, n_kv_heads: int, head_dim: int, dtype,
+              per_layer: bool = False) -> KVCache:
+        """An empty cache, stacked or (`per_layer`) one array per layer."""
+        if per_layer:
+            k = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
+            v = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
+        else:
+            k = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
+            v = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
+        return cls(k=k, v=v, pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+
+    def empty_like(self, batch: int, capacity: int) -> KVCache:
+        """An empty cache of this one's layers, layout, heads and dtype for `batch` rows and `capacity` slots."""
+        if not isinstance(self.k, tuple):
+            n_layers, _, n_kv, _, head_dim = self.k.shape
+            return KVCache.zeros(n_layers, batch, capacity, n_kv, head_dim, self.k.dtype)
+        if not self.k:  # a member whose blocks all run in a shared trunk: no keys or values of its own
+            return KVCache(k=(), v=(), pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+        n_kv, _, head_dim = self.k[0].shape[1:]
+        return KVCache.zeros(len(self.k), batch, capacity, n_kv, head_dim, self.k[0].dtype, per_layer=True)
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[3]
+        return self.pos.shape[1]
 
     def next_positions(self) -> jax.Array:
         """[B] the position the next token of each row takes (its number of tokens so far)."""
@@ -62,16 +94,31 @@ class KVCache:
         """This (empty) cache of B rows reading `prompts`' P cached prompts, B/P rows per prompt."""
         return dataclasses.replace(self, prefix=KVPrefix(k=prompts.k, v=prompts.v, pos=prompts.pos))
 
-    def write(self, k: jax.Array, v: jax.Array, pos: jax.Array) -> KVCache:
-        """Appends T slots for every row. k, v: [layers, B, Nkv, T, H]; pos: [B, T] (-1 for padding)."""
+    def write(self, k, v, pos: jax.Array) -> KVCache:
+        """Appends T slots for every row. k, v: [layers, B, Nkv, T, H] or layers x [B, Nkv, T, H]; pos: [B, T]
+        (-1 for padding)."""
         i = self.index
+
+        def put(held, new):
+            if isinstance(held, tuple):
+                return tuple(jax.lax.dynamic_update_slice(h, n.astype(h.dtype), (0, 0, i, 0))
+                             for h, n in zip(held, new, strict=True))
+            new = jnp.stack(new) if isinstance(new, tuple) else new
+            return jax.lax.dynamic_update_slice(held, new.astype(held.dtype), (0, 0, 0, i, 0))
+
         return KVCache(
-            k=jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), (0, 0, 0, i, 0)),
-            v=jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), (0, 0, 0, i, 0)),
+            k=put(self.k, k), v=put(self.v, v),
             pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
-            index=i + k.shape[3],
+            index=i + pos.shape[1],
             prefix=self.prefix,
         )
+
+    def advance(self, k: tuple, v: tuple, pos: jax.Array) -> KVCache:
+        """This per-layer cache with T new slots already written into `k`, `v` (layers x [B, Nkv, S, H], by
+        blocks that write before they read, `Attention(write_at=)`): records their positions pos [B, T]."""
+        i = self.index
+        held = jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i))
+        return KVCache(k=tuple(k), v=tuple(v), pos=held, index=i + pos.shape[1], prefix=self.prefix)
 
     def take(self, rows: jax.Array) -> KVCache:
         """Selects/reorders rows (broadcasting a prompt's cache, compacting a batch). rows: [B'] int. With a
@@ -80,16 +127,16 @@ class KVCache:
         if prefix is not None:
             per_prompt = prefix.rows_per_prompt(self.pos.shape[0])
             prompts = rows.reshape(-1, per_prompt)[:, 0] // per_prompt
-            prefix = KVPrefix(k=jnp.take(prefix.k, prompts, axis=1), v=jnp.take(prefix.v, prompts, axis=1),
+            prefix = KVPrefix(k=_take_rows(prefix.k, prompts), v=_take_rows(prefix.v, prompts),
                               pos=jnp.take(prefix.pos, prompts, axis=0))
-        return KVCache(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
+        return KVCache(k=_take_rows(self.k, rows), v=_take_rows(self.v, rows),
                        pos=jnp.take(self.pos, rows, axis=0), index=self.index, prefix=prefix)
 
     def permute(self, rows: jax.Array) -> KVCache:
         """The same rows in a new order (beam reordering; rows: [B] int, each staying within its prompt, so a
         prefix is unchanged), one layer at a time: a whole-cache gather needs a second cache-sized buffer while
         the old one is live, a per-layer one only one layer's worth, written back in place."""
-        if self.k.shape[0] == 0:  # a member whose blocks all run in a shared trunk
+        if isinstance(self.k, tuple) or self.k.shape[0] == 0:  # per-layer buffers, or none (all in a shared trunk)
             return self.take(rows)
 
         def layer(i, kv):

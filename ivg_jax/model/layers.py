@@ -152,18 +152,29 @@ class Attention(nnx.Module):
             k = apply_rope(k, positions, inv_freq)
         return q, k, v
 
-    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None):
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None,
+                 write_at=None):
         """Attends the T new tokens to the cached slots and to each other.
 
         x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, Nkv, S, H] or None; cache_pos: [B, S].
         `prefix`: (k, v [P, Nkv, Sp, H], pos [P, Sp]), slots every one of a prompt's B/P consecutive rows reads
         (its prompt, held once), or None. Returns the block output [B, T, D] and the new k, v [B, Nkv, T, H] for
         the caller to write. Caches are read in place, never concatenated with the new keys: scores are joined.
+
+        `write_at` (the cache's next slot; a layer's own cache buffer): the new k, v are written into cache_k/v
+        at slots [write_at, write_at + T) first, and the updated buffers are returned instead. Reading a buffer
+        that a later write updates makes XLA copy it to keep the read safe, when nothing orders the two (the
+        write depends only on the projections); reading the written buffer needs no copy. The new slots stay
+        invisible to the cache segment (`cache_pos` is the old one), so the result is the same.
         """
         cfg = self.cfg
         b, t, _ = x.shape
         g = cfg.n_heads // cfg.n_kv_heads
         q, k, v = self.project(x, positions, inv_freq)
+        if write_at is not None:
+            cache_k, cache_v = (jax.lax.dynamic_update_slice(held, new.transpose(0, 2, 1, 3).astype(held.dtype),
+                                                             (0, 0, write_at, 0))
+                                for held, new in ((cache_k, k), (cache_v, v)))
         q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
         heads = (b, cfg.n_kv_heads, g, t)
         # The keys in slot order: the shared prompt, the row's cache, the new tokens. Each segment is (scores
@@ -199,6 +210,8 @@ class Attention(nnx.Module):
         y = mm(out.reshape(b, t, -1), o.reshape(-1, o.shape[-1]))
         if cfg.attn_out_bias:
             y = y + self.o_bias[...]
+        if write_at is not None:
+            return y, cache_k, cache_v
         return y, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
 
 
@@ -293,8 +306,9 @@ class Block(nnx.Module):
         self.mlp_norm = Norm(cfg, dtype, rngs=rngs)
         self.mlp = MoE(cfg, dtype, rngs=rngs) if cfg.is_moe else MLP(cfg, dtype, rngs=rngs)
 
-    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None):
-        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos, prefix)
+    def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None,
+                 write_at=None):
+        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos, prefix, write_at)
         x = x + y
         x = x + self.mlp(self.mlp_norm(x))
         return x, k, v

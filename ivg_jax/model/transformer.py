@@ -78,7 +78,10 @@ class Transformer(nnx.Module):
         slice out of the decode loop as a copy of those blocks' weights — a second copy of a guide's trunk for
         the whole search — while an index reads each block in place, as the full-stack scan does.
 
-        `layers` (`unstack_blocks`: one weights dict per block) runs the blocks one after another instead.
+        `layers` (`unstack_blocks`: one weights dict per block) runs the blocks one after another instead and
+        returns k and v as tuples, one per block; with a cache (which must be in the same layout, one array per
+        layer) each block writes its new slots into its own buffer and the tuples are the updated buffers
+        [B, Nkv, S, H] (`KVCache.advance`), else the new k and v [B, Nkv, T, H].
         """
         inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
         graphdef, block_params = nnx.split(self.blocks)
@@ -88,6 +91,10 @@ class Transformer(nnx.Module):
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
 
         prefix = None if cache is None else cache.prefix
+        write_first = layers is not None and cache is not None
+        if write_first and not isinstance(cache.k, tuple):
+            raise InputError("blocks on per-layer weights (unstack_blocks) need a cache in the same layout (one "
+                             "array per layer, as their prefill makes); this one is stacked")
 
         def layer(x, scanned):
             params, cache_k, cache_v, prefix_k, prefix_v = scanned
@@ -96,18 +103,19 @@ class Transformer(nnx.Module):
                                       block_params)
             block = nnx.merge(graphdef, params)
             shared = None if prefix is None else (prefix_k, prefix_v, prefix.pos)
-            x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared)
+            x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared,
+                            cache.index if write_first else None)
             return x, (k, v)
 
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
         prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
-        if layers is not None:  # the same block step, unrolled over per-layer weights and cache slices
+        if layers is not None:  # the same block step, unrolled over per-layer weights and cache buffers
             ks, vs = [], []
             for i, weights in enumerate(layers[start:stop]):
                 x, (k, v) = layer(x, (weights, *(None if a is None else a[i] for a in (*rows_kv, *prefix_kv))))
                 ks.append(k)
                 vs.append(v)
-            return x, jnp.stack(ks), jnp.stack(vs)
+            return x, tuple(ks), tuple(vs)
         scanned = (jnp.arange(start, stop) if by_index else block_params, *rows_kv, *prefix_kv)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
@@ -197,10 +205,11 @@ def _check_capacity(tokens: jax.Array, capacity: int) -> None:
             "(prompt length + new tokens) or shorten the prompts")
 
 
-def _fresh_cache(k: jax.Array, v: jax.Array, positions: jax.Array, capacity: int) -> KVCache:
-    """A cache of `capacity` slots holding k, v [layers, B, Nkv, T, H] in its first T slots."""
-    _, batch, n_kv, _, head_dim = k.shape
-    return KVCache.zeros(k.shape[0], batch, capacity, n_kv, head_dim, k.dtype).write(k, v, positions)
+def _fresh_cache(k, v, positions: jax.Array, capacity: int) -> KVCache:
+    """A cache of `capacity` slots holding k, v in its first T slots, in their layout: [layers, B, Nkv, T, H]
+    stacked, or layers x [B, Nkv, T, H] (one array per layer)."""
+    like = KVCache(k=k, v=v, pos=positions, index=jnp.zeros((), jnp.int32))
+    return like.empty_like(positions.shape[0], capacity).write(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only", "from_layer"))
@@ -250,7 +259,7 @@ def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache,
         out, k, v = model.top(trunk, positions, from_layer, cache, layers)
     else:
         out, k, v = model(tokens, positions, cache, layers)
-    return out, cache.write(k, v, positions)
+    return out, _updated(cache, k, v, positions, layers)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"), donate_argnames=("cache",))
@@ -260,7 +269,12 @@ def extend_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KV
     positions = positions_from_mask(mask, cache.next_positions())
     x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache,
                                  copy_weights=False, layers=layers)
-    return x, cache.write(k, v, positions)
+    return x, _updated(cache, k, v, positions, layers)
+
+
+def _updated(cache: KVCache, k, v, positions: jax.Array, layers: tuple | None) -> KVCache:
+    """The cache after blocks ran T new tokens [B, T] on it: per-layer blocks wrote their slots themselves."""
+    return cache.write(k, v, positions) if layers is None else cache.advance(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
