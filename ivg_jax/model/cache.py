@@ -95,15 +95,14 @@ class KVCache:
         return dataclasses.replace(self, prefix=KVPrefix(k=prompts.k, v=prompts.v, pos=prompts.pos))
 
     def write(self, k, v, pos: jax.Array) -> KVCache:
-        """Appends T slots for every row. k, v: [layers, B, Nkv, T, H] or layers x [B, Nkv, T, H]; pos: [B, T]
-        (-1 for padding)."""
+        """Appends T slots for every row. k, v: [layers, B, Nkv, T, H], or layers x [B, Nkv, T, H] for a per-layer
+        cache; pos: [B, T] (-1 for padding)."""
         i = self.index
 
-        def put(held, new):
+        def put(held, new):  # new in held's layout
             if isinstance(held, tuple):
                 return tuple(jax.lax.dynamic_update_slice(h, n.astype(h.dtype), (0, 0, i, 0))
                              for h, n in zip(held, new, strict=True))
-            new = jnp.stack(new) if isinstance(new, tuple) else new
             return jax.lax.dynamic_update_slice(held, new.astype(held.dtype), (0, 0, 0, i, 0))
 
         return KVCache(
