@@ -70,13 +70,19 @@ class KVCache:
 
     def empty_like(self, batch: int, capacity: int) -> KVCache:
         """An empty cache of this one's layers, layout, heads and dtype for `batch` rows and `capacity` slots."""
-        if not isinstance(self.k, tuple):
+        if not self.per_layer:
             n_layers, _, n_kv, _, head_dim = self.k.shape
             return KVCache.zeros(n_layers, batch, capacity, n_kv, head_dim, self.k.dtype)
         if not self.k:  # a member whose blocks all run in a shared trunk: no keys or values of its own
-            return KVCache(k=(), v=(), pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+            return KVCache.zeros(0, batch, capacity, 0, 0, jnp.float32, per_layer=True)
         n_kv, _, head_dim = self.k[0].shape[1:]
         return KVCache.zeros(len(self.k), batch, capacity, n_kv, head_dim, self.k[0].dtype, per_layer=True)
+
+    @property
+    def per_layer(self) -> bool:
+        """Keys and values held as one array per layer (blocks on per-layer weights write their own slots,
+        `advance`), not stacked."""
+        return isinstance(self.k, tuple)
 
     @property
     def capacity(self) -> int:
@@ -100,24 +106,20 @@ class KVCache:
         i = self.index
 
         def put(held, new):  # new in held's layout
-            if isinstance(held, tuple):
+            if self.per_layer:
                 return tuple(jax.lax.dynamic_update_slice(h, n.astype(h.dtype), (0, 0, i, 0))
                              for h, n in zip(held, new, strict=True))
             return jax.lax.dynamic_update_slice(held, new.astype(held.dtype), (0, 0, 0, i, 0))
 
-        return KVCache(
-            k=put(self.k, k), v=put(self.v, v),
-            pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
-            index=i + pos.shape[1],
-            prefix=self.prefix,
-        )
+        return self.advance(put(self.k, k), put(self.v, v), pos)
 
-    def advance(self, k: tuple, v: tuple, pos: jax.Array) -> KVCache:
-        """This per-layer cache with T new slots already written into `k`, `v` (layers x [B, Nkv, S, H], by
-        blocks that write before they read, `Attention(write_at=)`): records their positions pos [B, T]."""
+    def advance(self, k, v, pos: jax.Array) -> KVCache:
+        """This cache holding `k`, `v` (its own layout), into which T new slots have been written at `index`
+        (by `write`, or by blocks that write before they read, `Attention(write_at=)`): records their positions
+        pos [B, T] and moves the index past them."""
         i = self.index
-        held = jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i))
-        return KVCache(k=tuple(k), v=tuple(v), pos=held, index=i + pos.shape[1], prefix=self.prefix)
+        return KVCache(k=k, v=v, pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
+                       index=i + pos.shape[1], prefix=self.prefix)
 
     def take(self, rows: jax.Array) -> KVCache:
         """Selects/reorders rows (broadcasting a prompt's cache, compacting a batch). rows: [B'] int. With a
@@ -135,7 +137,7 @@ class KVCache:
         """The same rows in a new order (beam reordering; rows: [B] int, each staying within its prompt, so a
         prefix is unchanged), one layer at a time: a whole-cache gather needs a second cache-sized buffer while
         the old one is live, a per-layer one only one layer's worth, written back in place."""
-        if isinstance(self.k, tuple) or self.k.shape[0] == 0:  # per-layer buffers, or none (all in a shared trunk)
+        if self.per_layer or self.k.shape[0] == 0:  # per-layer buffers, or none (all in a shared trunk)
             return self.take(rows)
 
         def layer(i, kv):

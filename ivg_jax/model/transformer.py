@@ -92,9 +92,10 @@ class Transformer(nnx.Module):
 
         prefix = None if cache is None else cache.prefix
         write_first = layers is not None and cache is not None
-        if write_first and not isinstance(cache.k, tuple):
-            raise InputError("blocks on per-layer weights (unstack_blocks) need a cache in the same layout (one "
-                             "array per layer, as their prefill makes); this one is stacked")
+        if cache is not None and cache.per_layer != (layers is not None):
+            raise InputError("blocks on per-layer weights (unstack_blocks) read a per-layer cache and stacked blocks "
+                             "a stacked one (as their prefill makes them); this cache is "
+                             + ("per-layer" if cache.per_layer else "stacked"))
 
         def layer(x, scanned):
             params, cache_k, cache_v, prefix_k, prefix_v = scanned
@@ -259,7 +260,7 @@ def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache,
         out, k, v = model.top(trunk, positions, from_layer, cache, layers)
     else:
         out, k, v = model(tokens, positions, cache, layers)
-    return out, _updated(cache, k, v, positions, layers)
+    return out, _updated(cache, k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"), donate_argnames=("cache",))
@@ -269,12 +270,13 @@ def extend_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KV
     positions = positions_from_mask(mask, cache.next_positions())
     x, k, v = model.blocks_range(model.embed_tokens(tokens, positions), positions, 0, n_layers, cache,
                                  copy_weights=False, layers=layers)
-    return x, _updated(cache, k, v, positions, layers)
+    return x, _updated(cache, k, v, positions)
 
 
-def _updated(cache: KVCache, k, v, positions: jax.Array, layers: tuple | None) -> KVCache:
-    """The cache after blocks ran T new tokens [B, T] on it: per-layer blocks wrote their slots themselves."""
-    return cache.write(k, v, positions) if layers is None else cache.advance(k, v, positions)
+def _updated(cache: KVCache, k, v, positions: jax.Array) -> KVCache:
+    """The cache after blocks ran T new tokens [B, T] on it: blocks on a per-layer cache wrote their slots
+    themselves (`blocks_range`)."""
+    return cache.advance(k, v, positions) if cache.per_layer else cache.write(k, v, positions)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
