@@ -23,6 +23,8 @@ import subprocess
 import sys
 import time
 
+from timing import report, timed
+
 PROMPT_WORDS = ("Here is a movie review from imdb: the film was one of the best and worst things I have "
                 "seen this year, with actors who").split()
 
@@ -42,20 +44,13 @@ def randomize(model_dir: str) -> None:
     model.save_pretrained(model_dir)
 
 
-def time_complete(model, texts: list[str], new_tokens: int, repeats: int) -> tuple[float, list[float], object]:
-    """Plain greedy decoding of `texts` without early stop: (seconds of the first, compiling call, seconds of each
-    of `repeats` calls after it, the last call's `Completion`)."""
+def time_complete(model, texts: list[str], new_tokens: int, repeats: int) -> tuple[float, float, object]:
+    """Plain greedy decoding of `texts` without early stop: (seconds of the first, compiling call, median seconds
+    of `repeats` calls after it, the `Completion`)."""
     from ivg_jax.decoding.plain import complete
 
-    t = time.perf_counter()
-    complete(model, texts, max_new_tokens=new_tokens, stop_ids=[])
-    first = time.perf_counter() - t
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = complete(model, texts, max_new_tokens=new_tokens, stop_ids=[])
-        times.append(time.perf_counter() - t)
-    return first, times, out
+    out, first, median = timed(lambda: complete(model, texts, max_new_tokens=new_tokens, stop_ids=[]), repeats)
+    return first, median, out
 
 
 def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
@@ -70,17 +65,11 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
 
     model = load_model(model_dir or default_model_path(), dtype=dtype)
     p = prompts(batch)
-    first, times, out = time_complete(model, p, new_tokens, repeats)
-    complete(model, p, max_new_tokens=1, stop_ids=[])  # compile the 1-token program
-    ttft = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        complete(model, p, max_new_tokens=1, stop_ids=[])
-        ttft.append(time.perf_counter() - t)
+    first, steady, out = time_complete(model, p, new_tokens, repeats)
+    _, _, ttft = timed(lambda: complete(model, p, max_new_tokens=1, stop_ids=[]), repeats)  # 1st call compiles
     assert out.tokens.shape == (batch, new_tokens)
-    steady = statistics.median(times)
     stats = jax.devices()[0].memory_stats() or {}
-    return dict(seconds=steady, compile_s=first - steady, ttft_s=statistics.median(ttft),
+    return dict(seconds=steady, compile_s=first - steady, ttft_s=ttft,
                 backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
 
 
@@ -196,11 +185,7 @@ def main() -> None:
                      f"{a['compile_s']:.1f} | {a['ttft_s'] * 1000:.0f} / {b['ttft_s'] * 1000:.0f} | "
                      + (f"{a['device_peak_mb']:.0f} / {b['device_peak_mb']:.0f} |" if gpu
                         else f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |"))
-    table = "\n".join(lines)
-    print("\n" + table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    report("\n" + "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

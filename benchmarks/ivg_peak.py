@@ -27,7 +27,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import time
 
 from ivg_jax.runtime import tune_cpu
@@ -37,6 +36,7 @@ tune_cpu()
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import report, timed  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -50,13 +50,8 @@ GPT2_SMALL = ivg_jax.ModelConfig(
 
 
 def median_seconds(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile / warm
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of `repeats` calls of `fn` after a compiling / warming one."""
+    return timed(lambda: jax.block_until_ready(fn()), repeats)[2]
 
 
 def matmul_peak(dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -174,10 +169,7 @@ def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: 
     base = models[0]
     prompts, guidance, search, kw = ivg_setup(models, n_prompts, new_tokens)
     kw["unroll_layers"] = unroll
-    t = time.perf_counter()
-    ivg_jax.generate(base, prompts, guidance, search, **kw)
-    compile_s = time.perf_counter() - t
-    seconds = median_seconds(lambda: ivg_jax.generate(base, prompts, guidance, search, **kw).tokens, repeats)
+    _, first, seconds = timed(lambda: ivg_jax.generate(base, prompts, guidance, search, **kw).tokens, repeats)
     call = engine.plan(base, prompts, guidance, search, kw["sampling"], new_tokens, stop_ids=[], unroll_layers=unroll)
     inputs, _, _ = engine.encode_inputs(call, prompts)
     params = engine.placed_params(call)
@@ -194,7 +186,7 @@ def run_case(models, dtype_name: str, n_prompts: int, new_tokens: int, repeats: 
     row = {"dtype": dtype_name, "layers": "unrolled" if unroll else "scan", "prompts": n_prompts,
            "s_per_prompt": seconds / n_prompts, "weights_gb": weights_gb,
            "temp_gb": memory.temp_size_in_bytes / 1e9 if memory is not None else float("nan"),
-           "compile_s": compile_s - seconds, "gflop_per_s": rate, "peak_gflop_per_s": peak,
+           "compile_s": first - seconds, "gflop_per_s": rate, "peak_gflop_per_s": peak,
            "fraction_of_peak": rate / peak, "bandwidth_gb_per_s": bandwidth, "roofline_gflop_per_s": roofline,
            "fraction_of_roofline": rate / roofline, **parts}
     print(json.dumps(row), flush=True)
@@ -259,10 +251,7 @@ def main() -> None:
     text = (f"Hardware: {hardware}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}; read bandwidth {bandwidth:.1f} GB/s; "
             f"peak from a {peak_size}^3 matmul"
             f"\n\n{table(rows)}")
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
 
 
 if __name__ == "__main__":

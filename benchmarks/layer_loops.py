@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 
 from ivg_jax.runtime import tune_cpu
@@ -26,11 +25,12 @@ from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from decode_throughput import prompts, time_complete  # noqa: E402
+from timing import report  # noqa: E402
 
 
 def tok_per_s(model, batch: int, new_tokens: int, repeats: int) -> tuple[float, float, object]:
-    first, times, out = time_complete(model, prompts(batch), new_tokens, repeats)
-    return batch * new_tokens / statistics.median(times), first, out.tokens
+    first, seconds, out = time_complete(model, prompts(batch), new_tokens, repeats)
+    return batch * new_tokens / seconds, first, out.tokens
 
 
 def main() -> None:
@@ -56,10 +56,7 @@ def main() -> None:
     text = (f"SmolLM2-135M-Instruct (the embedded GGUF), greedy, {args.new_tokens} new tokens, median of "
             f"{args.repeats}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
             f"{jax.devices()[0].device_kind}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')}\n\n" + "\n".join(lines))
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report(text, args.out)
 
 
 if __name__ == "__main__":

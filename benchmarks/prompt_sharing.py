@@ -30,6 +30,7 @@ tune_cpu()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from engine_overhead import SMOLLM2_135M  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from timing import report  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -88,12 +89,7 @@ def main() -> None:
             lines.append(f"| {length} | {label} | {m['caches_mb']:.0f} | {m['state_mb']:.0f} | {m['weights_mb']:.0f} "
                          f"| {m['xla_mb']:.0f} | {m['temp_mb']:.0f} | {ratio:.2f} |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    report("\n" + "\n".join(lines), args.out)
 
 
 if __name__ == "__main__":

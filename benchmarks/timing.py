@@ -1,7 +1,9 @@
-"""The benchmarks' one timing loop: a first call (compiling included), then the median of `repeats` more."""
+"""The benchmarks' one timing loop (a first call, compiling included, then the median of `repeats` more) and
+their one way of publishing a result table."""
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -17,3 +19,12 @@ def timed(call, repeats: int):
         call()
         times.append(time.perf_counter() - t)
     return out, first, statistics.median(times)
+
+
+def report(text: str, out: str = "") -> None:
+    """Prints a benchmark's result text and, given a path `out`, writes it there (its directory made)."""
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text + "\n")
