@@ -107,6 +107,9 @@ def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
     shardings = param_shardings(model.config, model.dtype, mesh, rules)
 
     def place(path, leaf):
+        if len(path) > 1 and isinstance(path[1], jax.tree_util.SequenceKey):  # a block of `Model.per_layer`
+            stacked = shardings[("blocks", *(str(p.key) for p in path[2:]))]
+            return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(*stacked.spec[1:])))
         key = tuple(str(getattr(p, "key", p)) for p in path)
         return jax.device_put(leaf, shardings[key])
 

@@ -1,5 +1,6 @@
 """Export to a HF directory: transformers loads it and computes the same outputs; we load it back identically."""
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,24 @@ def test_export_round_trip(hf_checkpoint, tmp_path, name):
         np.testing.assert_allclose(ours[i][mask[i]], reference, rtol=0, atol=1e-4 * np.abs(reference).max())
     again = ivg_jax.load_model(out)
     np.testing.assert_array_equal(np.asarray(ivg_jax.forward(again, ids, mask)), ours)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "mixtral-4experts", "qwen3-qk-norm"])
+def test_per_layer_load_holds_the_stacked_weights_and_exports_them(hf_checkpoint, tmp_path, name):
+    """`load_model(per_layer=True)` (fused GPT-2 q/k/v, MoE experts, q/k norms): each block's arrays are that
+    layer of the stacked load, the forward is the same, and its export is the stacked model's export."""
+    directory = hf_checkpoint(name)[0]
+    stacked, mine = ivg_jax.load_model(directory), ivg_jax.load_model(directory, per_layer=True)
+    assert mine.per_layer and not stacked.per_layer
+    assert len(mine.params["blocks"]) == stacked.config.n_layers
+    for i, layer in enumerate(mine.params["blocks"]):
+        jax.tree.map(lambda a, b, i=i: np.testing.assert_array_equal(a, b[i]), layer, stacked.params["blocks"])
+    ids, mask = pad_batch(ROWS, "left")
+    np.testing.assert_allclose(np.asarray(ivg_jax.forward(mine, ids, mask))[mask],
+                               np.asarray(ivg_jax.forward(stacked, ids, mask))[mask], atol=1e-5)
+    again = ivg_jax.load_model(ivg_jax.export_hf(mine, tmp_path / "export"))
+    jax.tree.map(np.testing.assert_array_equal, again.params, stacked.params)
+    jax.tree.map(np.testing.assert_array_equal, mine.with_layout(per_layer=False).params, stacked.params)
 
 
 def test_sharded_export_is_loaded_by_both(hf_checkpoint, tmp_path):

@@ -33,6 +33,14 @@ SCRIPT = textwrap.dedent("""
             "q_devices": len(q.sharding.device_set),
             "embed_spec": [str(a) for a in m.params["embed"].sharding.spec],
         }
+    from ivg_jax.sharding import shard_params
+    mesh = make_mesh(2, 4)  # blocks held per layer: each layer's arrays placed with the stack's spec less its axis
+    for name, m in (("per_layer", ivg_jax.load_model(directory, mesh=mesh, per_layer=True)),
+                    ("per_layer_placed", shard_params(ivg_jax.load_model(directory, per_layer=True), mesh))):
+        out = np.asarray(ivg_jax.forward(m, ids, mask))
+        q = m.params["blocks"][0]["attn"]["q"]
+        report[name] = {"max_err": float(np.abs(out - reference)[mask].max()),
+                        "q_spec": [str(a) for a in q.sharding.spec], "q_devices": len(q.sharding.device_set)}
     print("REPORT " + json.dumps(report))
 """)
 
@@ -53,5 +61,8 @@ def test_sharded_load_equals_unsharded(hf_checkpoint, name):
     assert report["2x4"]["q_spec"] == ["None", "None", "model", "None"]
     assert report["4x2"]["q_spec"] == ["None", "None", "model", "None"]
     assert report["1x8"]["q_spec"] == ["None", "None", "None", "None"]
+    for name in ("per_layer", "per_layer_placed"):
+        assert report[name]["max_err"] < 1e-5 and report[name]["q_devices"] == 8, (name, report[name])
+        assert report[name]["q_spec"] == ["None", "model", "None"], (name, report[name])
     # vocab 97 is prime: the embedding stays replicated rather than failing to load
     assert report["2x4"]["embed_spec"] == ["None", "None"]

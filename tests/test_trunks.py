@@ -224,3 +224,41 @@ def test_per_layer_cache_holds_what_the_stacked_one_holds(models):
         np.testing.assert_allclose(np.stack(mine).transpose(1, 3, 0, 2, 4)[held],
                                    np.asarray(theirs).transpose(1, 3, 0, 2, 4)[held], atol=1e-6)
     assert int(per_layer.index) == int(stacked.index) == 7
+
+
+def test_models_held_per_layer_run_unrolled_without_a_copy(models):
+    """Models loaded per layer (`Model.with_layout`, `load_model(per_layer=True)`) run their blocks one after
+    another whatever `unroll_layers` says: the same trunks are found, the search gives the stacked models'
+    results (alone and mixed with stacked guides), and the compiled search holds no copy of their blocks — the
+    per-call copy `unroll_layers=True` makes of stacked blocks is gone from XLA's temporaries."""
+    g = ivg(models)
+    held = {k: m.with_layout(per_layer=True) for k, m in models.items()}
+    assert _trunks(held["base"], ivg(held)) == _trunks(models["base"], g) == (Trunk((0, 1, 2, 3), 2),)
+    search = ivg_jax.Search(2, 2, 3)
+    kw = dict(max_new_tokens=9, seed=[3, 4, 5])
+    scanned = ivg_jax.generate(models["base"], PROMPTS, g, search, **kw)
+    for base, guidance in ((held["base"], ivg(held)), (held["base"], g)):
+        out = ivg_jax.generate(base, PROMPTS, guidance, search, **kw)
+        np.testing.assert_array_equal(out.tokens, scanned.tokens)
+        np.testing.assert_allclose(out.scores, scanned.scores, atol=1e-5)
+
+    def temp_bytes(base, guidance):
+        call = engine.plan(base, PROMPTS, guidance, search, None, 9, unroll_layers=True)
+        inputs, _, _ = engine.encode_inputs(call, PROMPTS, 3)
+        compiled = engine.run.lower(call.program, engine.placed_params(call), inputs).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    # The blocks the search reads: the base's 4 (the trunk is 2 of them), the top 2 of tuned, reference, value.
+    layer = sum(x.nbytes for x in jax.tree.leaves(models["base"].params["blocks"])) // CFG.n_layers
+    assert temp_bytes(models["base"], g) - temp_bytes(held["base"], ivg(held)) >= (4 + 3 * 2) * layer
+
+
+def test_a_cache_in_the_other_layout_is_refused(models):
+    from ivg_jax.errors import InputError
+    from ivg_jax.model.transformer import extend, prefill, unstack_blocks
+
+    m = models["base"]
+    ids = jnp.asarray([[5, 6, 7]])
+    _, per_layer_cache = prefill(m.graphdef, unstack_blocks(m.params), ids, ids > 0, capacity=6)
+    with pytest.raises(InputError, match="this cache is per-layer"):
+        extend(m.graphdef, m.params, ids[:, :1], ids[:, :1] > 0, per_layer_cache)

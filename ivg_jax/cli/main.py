@@ -87,9 +87,9 @@ DECODE_HELP = {
     "compaction": "halve the batch up to N times as rows finish, so finished rows stop costing model steps "
                   "(each halving compiles once more; worth it for long budgets where responses end early; "
                   "results unchanged)",
-    "unroll_layers": "run each model's blocks one after another on per-layer weights instead of a loop over the "
-                     "stacked weights: faster decoding on CPU (bf16 matmuls stay bf16) for one copy of the blocks "
-                     "and a longer compile; results unchanged",
+    "unroll_layers": "load each model's blocks as per-layer weights and run them one after another instead of "
+                     "a loop over stacked weights: faster decoding on CPU (bf16 matmuls stay bf16) for a longer "
+                     "compile; results unchanged",
     "prompt_field": "name of the prompt field of the input records",
     "id_field": "name of the id field (default ids: line numbers)",
     "batch_size": "prompts per compiled call",

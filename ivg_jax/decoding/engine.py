@@ -512,8 +512,9 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     `_run_compacting`) — for long budgets where rows stop early; 0 runs every row to the end.
     `unroll_layers`: run each model's blocks one after another on per-layer weights instead of as a loop over
     the stacked weights, each with its own KV-cache array: on CPU 1.06-1.76x faster IVG (bf16 matmuls stay bf16;
-    no weight or cache copies per token), at the price of one copy of every guide's and the base's blocks for
-    the call and ~3x the compile time (benchmarks/ivg_peak.py).
+    no weight or cache copies per token), at the price of ~3x the compile time (benchmarks/ivg_peak.py) and,
+    for models whose blocks are stacked, one copy of them for the call. Models that hold their blocks per layer
+    (`load_model(per_layer=True)`, `Model.with_layout`) run that way without a copy, whatever this flag says.
     """
     call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh, compaction,
                 unroll_layers)

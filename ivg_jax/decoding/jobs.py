@@ -151,7 +151,8 @@ def _models(cfg: DecodeJobConfig, progress: bool = False, weights: bool = True):
     from ivg_jax.loading import inspect_model
 
     if weights:  # a progress bar per model: a 7B base is minutes of loading
-        read = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress)  # noqa: E731
+        read = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress,  # noqa: E731
+                                            per_layer=cfg.unroll_layers)
     else:
         read = inspect_model
     loaded = {}

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.decoding.members import Members
+from ivg_jax.model.transformer import per_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,14 +37,30 @@ def _bits(x: jax.Array) -> jax.Array:
     return x
 
 
-@jax.jit
-def _equal_prefix(a: dict, b: dict) -> jax.Array:
-    """[] int32: how many leading blocks of two same-shaped weight trees are bitwise equal (0 when their
-    embeddings differ)."""
-    n_layers = jax.tree.leaves(a["blocks"])[0].shape[0]
+def _n_layers(params: dict) -> int:
+    blocks = params["blocks"]
+    return len(blocks) if per_layer(params) else jax.tree.leaves(blocks)[0].shape[0]
+
+
+def _equal_layers(a: dict, b: dict) -> jax.Array:
+    """[layers] bool: which blocks of two same-shaped weight trees are bitwise equal."""
+    n_layers = _n_layers(a)
+    if per_layer(a):  # one tree per block
+        return jnp.stack([jnp.all(jnp.stack([jnp.all(_bits(u) == _bits(w)) for u, w in
+                                             zip(jax.tree.leaves(x), jax.tree.leaves(y))]))
+                          for x, y in zip(a["blocks"], b["blocks"])])
     same = jnp.ones(n_layers, bool)
     for x, y in zip(jax.tree.leaves(a["blocks"]), jax.tree.leaves(b["blocks"])):
         same &= jnp.all((_bits(x) == _bits(y)).reshape(n_layers, -1), axis=1)
+    return same
+
+
+@jax.jit
+def _equal_prefix(a: dict, b: dict) -> jax.Array:
+    """[] int32: how many leading blocks of two same-shaped weight trees (blocks stacked or per layer) are
+    bitwise equal (0 when their embeddings differ)."""
+    n_layers = _n_layers(a)
+    same = _equal_layers(a, b)
     for key in ("embed", "pos_embed"):
         if key in a:
             same &= jnp.all(_bits(a[key]) == _bits(b[key]))
@@ -58,7 +75,7 @@ _DEPTHS: collections.OrderedDict = collections.OrderedDict()
 def _shared_depth(a: dict, b: dict) -> int:
     la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
     if all(x is y for x, y in zip(la, lb)):
-        return jax.tree.leaves(a["blocks"])[0].shape[0]  # the same weights (a reference that is the base)
+        return _n_layers(a)  # the same weights (a reference that is the base)
     key = (tuple(map(id, la)), tuple(map(id, lb)))
     hit = _DEPTHS.get(key)
     if hit is not None and all(ref() is x for ref, x in zip(hit[0], la + lb)):

@@ -127,7 +127,8 @@ def run_recipe(recipe: Recipe, prompts_path: str | Path, output_path: str | Path
 
         shells = {k: inspect_model(sources[k]) for k in needed}
         recipe.preflight(shells["base"], prompts, build(recipe, shells))
-        models = {k: ivg_jax.load_model(sources[k], dtype=dtype, progress=progress) for k in needed}
+        models = {k: ivg_jax.load_model(sources[k], dtype=dtype, progress=progress, per_layer=recipe.unroll_layers)
+                  for k in needed}
         outputs = _decode(recipe, models["base"], prompts, build(recipe, models), batch_size, seed, progress)
         generator = f"{recipe.name}:{os.path.basename(str(sources['base']).rstrip('/'))}+ivg"
         if recipe.output_format == "alpaca_eval":

@@ -18,6 +18,7 @@ import numpy as np
 from ivg_jax.config import config_to_hf
 from ivg_jax.loading.layout import rules_for
 from ivg_jax.model.api import Model
+from ivg_jax.model.transformer import per_layer
 
 
 def _get_path(tree: dict, path: tuple[str, ...]):
@@ -26,12 +27,20 @@ def _get_path(tree: dict, path: tuple[str, ...]):
     return tree
 
 
+def _stacked(params: dict, path: tuple[str, ...]):
+    """The parameter at `path`, block weights stacked on their layers axis (on the host, one parameter at a
+    time, for a model that holds its blocks per layer)."""
+    if path[0] == "blocks" and per_layer(params):
+        return np.stack([np.asarray(_get_path(layer, path[1:])) for layer in params["blocks"]])
+    return _get_path(params, path)
+
+
 def hf_tensors(model: Model):
     """Yields (HF key, numpy array) one parameter at a time (fused GPT-2 c_attn parts are joined)."""
     cfg = model.config
     parts: dict[str, dict[int, np.ndarray]] = defaultdict(dict)
     for rule in rules_for(cfg):
-        hf_stack = rule.to_hf(_get_path(model.params, rule.path))
+        hf_stack = rule.to_hf(_stacked(model.params, rule.path))
         for index, key in rule.keys(cfg.n_layers, cfg.n_experts):
             tensor = hf_stack[index]
             if rule.part is None:

@@ -71,9 +71,16 @@ def check_checkpoint(cfg: ModelConfig, source, rules: list[Rule], abstract: dict
             f"{extra[:3]}; the config does not match the weights (layer count, MoE experts, head type).")
 
 
+def _place(buffer: np.ndarray, axes, mesh, rules) -> jax.Array:
+    if mesh is None:
+        return jax.device_put(buffer)
+    return jax.device_put(buffer, named_sharding(axes, buffer.shape, mesh, rules))
+
+
 def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
-                 where: str = "checkpoint", progress: bool = False) -> tuple[Any, dict]:
-    """(graphdef, params) with every tensor of `source` mapped, converted, stacked and placed."""
+                 where: str = "checkpoint", progress: bool = False, per_layer: bool = False) -> tuple[Any, dict]:
+    """(graphdef, params) with every tensor of `source` mapped, converted, stacked and placed; with `per_layer`,
+    each block's weights placed as arrays of their own (`Model.per_layer`) instead of slices of a stack."""
     graphdef, abstract_state = abstract_model(cfg, dtype)
     abstract = {tuple(p): v for p, v in abstract_state.flat_state()}
     table = rules_for(cfg, checkpoint_keys=lambda k: k in source)
@@ -85,6 +92,7 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
     axes = param_logical_axes(abstract_state)
     np_dtype = np.dtype(dtype)
     params: dict = {}
+    layers: list[dict] = [{} for _ in range(cfg.n_layers)]
     for rule in tqdm(table, desc=f"loading {Path(where).name}", disable=not progress, leave=False):
         shape = tuple(abstract[rule.path].shape)
         buffer = np.empty(shape, np_dtype)
@@ -93,12 +101,14 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
             tensor = rule.to_ours(source.get(key), slice_shape)
             _check_finite(tensor, key, where)
             buffer[index] = tensor.astype(np_dtype)
-        if mesh is not None:
-            placed = jax.device_put(buffer, named_sharding(axes[rule.path], shape, mesh, rules))
+        if per_layer and rule.path[0] == "blocks":
+            for layer, weights in zip(layers, buffer):
+                _set_path(layer, rule.path[1:], _place(weights, axes[rule.path][1:], mesh, rules))
         else:
-            placed = jax.device_put(buffer)
+            _set_path(params, rule.path, _place(buffer, axes[rule.path], mesh, rules))
         del buffer
-        _set_path(params, rule.path, placed)
+    if per_layer:
+        params["blocks"] = tuple(layers)
     return graphdef, params
 
 
@@ -183,21 +193,25 @@ def _check_finite(tensor: np.ndarray, key: str, where: str) -> None:
 
 
 def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=DEFAULT_RULES,
-               tokenizer: bool = True, progress: bool = False) -> Model:
+               tokenizer: bool = True, progress: bool = False, per_layer: bool = False) -> Model:
     """Loads a model for ivg-jax.
 
     `path_or_id`: a HF checkpoint directory (config.json + safetensors, sharded or not), a `.gguf` file, a
     model name (`smollm2` / `default`: the embedded SmolLM2-135M-Instruct, see `ivg_jax.defaults`), or a hub id
     (downloaded when the hub is reachable). `dtype`: "float32" (default) or "bfloat16".
-    `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read.
+    `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read. `per_layer`: hold each
+    block's weights as arrays of their own (`Model.per_layer`), the layout decoding runs one block after
+    another in place (`generate(unroll_layers=True)` then copies nothing per call); training and export take
+    the default, blocks stacked on a layers axis (`Model.with_layout` converts).
     """
     dtype = _resolve_dtype(dtype)
     kind, path = _locate(path_or_id)
     if kind == "gguf":
-        return _load_gguf(path, dtype, mesh, rules, tokenizer, progress)
+        return _load_gguf(path, dtype, mesh, rules, tokenizer, progress, per_layer)
     cfg = _hf_config(path)
     source = SafetensorsSource(path)
-    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
+    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress,
+                                    per_layer=per_layer)
     tok = _load_tokenizer(path) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))
 
@@ -253,10 +267,11 @@ def _gguf_config(source: GGUFSource, path: Path) -> ModelConfig:
                             vocab_size=source.shape("model.embed_tokens.weight")[0])
 
 
-def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool) -> Model:
+def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool, per_layer: bool) -> Model:
     source = GGUFSource(path)
     cfg = _gguf_config(source, path)
-    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress)
+    graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress,
+                                    per_layer=per_layer)
     del source  # its file mapping: a finished load keeps no file pages resident
     tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
     return Model(cfg, graphdef, params, tok, source=str(path))

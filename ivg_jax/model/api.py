@@ -12,15 +12,17 @@ from flax import nnx
 
 from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
-from ivg_jax.model.transformer import Transformer, full_forward
+from ivg_jax.model.transformer import Transformer, full_forward, per_layer, stack_blocks, unstack_blocks
 
 
 @dataclasses.dataclass
 class Model:
     """A loaded model: static architecture (`config`, `graphdef`), weights as a plain pytree, its tokenizer.
 
-    `params` is a nested dict of arrays (what crosses the jit boundary); `nnx.merge(graphdef, params)` gives
-    the `Transformer` module back.
+    `params` is a nested dict of arrays (what crosses the jit boundary); `module()` gives the `Transformer`
+    module back. Its blocks are stacked on a leading `layers` axis (what training, export and the module take)
+    or held as one weights dict per layer (`per_layer`; `load_model(per_layer=True)`, `with_layout`), the
+    layout decoding runs one block after another without copying them out of a stack.
     """
 
     config: ModelConfig
@@ -33,8 +35,17 @@ class Model:
     def dtype(self):
         return jax.tree.leaves(self.params)[0].dtype
 
+    @property
+    def per_layer(self) -> bool:
+        return per_layer(self.params)
+
+    def with_layout(self, per_layer: bool) -> Model:
+        """The model with its blocks per layer or stacked (the same weights; a copy of the blocks unless the
+        layout is already the one asked for)."""
+        return self.with_params((unstack_blocks if per_layer else stack_blocks)(self.params))
+
     def module(self) -> Transformer:
-        return nnx.merge(self.graphdef, self.params)
+        return nnx.merge(self.graphdef, stack_blocks(self.params))
 
     def with_params(self, params: dict) -> Model:
         return dataclasses.replace(self, params=params)

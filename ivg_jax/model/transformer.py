@@ -136,9 +136,9 @@ class Transformer(nnx.Module):
             x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
         return x
 
-    def trunk(self, tokens: jax.Array, positions: jax.Array, n_layers: int) -> jax.Array:
+    def trunk(self, tokens: jax.Array, positions: jax.Array, n_layers: int, layers: tuple | None = None):
         """The output of the bottom `n_layers` blocks (not normed): [B, T] -> [B, T, D]."""
-        return self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n_layers)[0]
+        return self.blocks_range(self.embed_tokens(tokens, positions), positions, 0, n_layers, layers=layers)[0]
 
     def head(self, h: jax.Array) -> jax.Array:
         """h: [B, T, D] -> float32 head output ([B, T, V] or [B, T] for the scalar head)."""
@@ -158,9 +158,14 @@ class Transformer(nnx.Module):
         return self.head(h), k, v
 
 
+def per_layer(params: dict) -> bool:
+    """Whether the weights hold their blocks as one weights dict per layer (`unstack_blocks`)."""
+    return isinstance(params["blocks"], tuple)
+
+
 def unstack_blocks(params: dict) -> dict:
     """The weights with their blocks as a tuple of per-layer dicts ([layers, ...] -> layers x [...]): the
-    decode layout (`generate(unroll_layers=True)`).
+    decode layout (`generate(unroll_layers=True)`, `load_model(per_layer=True)`).
 
     XLA:CPU runs a block stack as a loop whose every step copies the block's weights out of the stacked arrays
     (per token), and runs bf16 matmuls inside such a loop in float32 on a float32 copy of all the weights; blocks
@@ -168,17 +173,25 @@ def unstack_blocks(params: dict) -> dict:
     blocks per call, outside its token loop. Weights already in this layout come back as they are.
     """
     blocks = params["blocks"]
-    if isinstance(blocks, tuple):
+    if per_layer(params):
         return params
     n = jax.tree.leaves(blocks)[0].shape[0]
     return {**params, "blocks": tuple(jax.tree.map(lambda a, i=i: a[i], blocks) for i in range(n))}
+
+
+def stack_blocks(params: dict) -> dict:
+    """The inverse of `unstack_blocks`: blocks stacked on a leading `layers` axis, the layout training, export
+    and the module itself (`nnx.merge`) take. Weights already stacked come back as they are."""
+    if not per_layer(params):
+        return params
+    return {**params, "blocks": jax.tree.map(lambda *layer: jnp.stack(layer), *params["blocks"])}
 
 
 def _merge(graphdef, params: dict) -> tuple[Transformer, tuple | None]:
     """The module and, for weights in the decode layout (`unstack_blocks`), its per-layer weights. The module
     then holds a one-block stack (layer 0): only its structure is read."""
     blocks = params["blocks"]
-    if not isinstance(blocks, tuple):
+    if not per_layer(params):
         return nnx.merge(graphdef, params), None
     return nnx.merge(graphdef, {**params, "blocks": jax.tree.map(lambda a: a[None], blocks[0])}), blocks
 
@@ -289,8 +302,8 @@ def step(graphdef, params, tokens: jax.Array, cache: KVCache):
 @functools.partial(jax.jit, static_argnames=("graphdef",))
 def full_forward(graphdef, params, tokens: jax.Array, mask: jax.Array) -> jax.Array:
     """Head output of a padded batch without a cache: tokens, mask [B, T] -> [B, T, ...] float32."""
-    model = nnx.merge(graphdef, params)
-    out, _, _ = model(tokens, positions_from_mask(mask))
+    model, layers = _merge(graphdef, params)
+    out, _, _ = model(tokens, positions_from_mask(mask), layers=layers)
     return out
 
 
@@ -299,8 +312,8 @@ def trunk_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, n_layers
     """The bottom `n_layers` blocks' output of a padded batch: tokens, mask [B, T] -> [B, T, D] (model dtype).
     Top-N-block training computes it once per example and starts every step from it (`train_forward(trunk=)`):
     exact, since the frozen blocks never change."""
-    model = nnx.merge(graphdef, params)
-    return model.trunk(tokens, positions_from_mask(mask), n_layers)
+    model, layers = _merge(graphdef, params)
+    return model.trunk(tokens, positions_from_mask(mask), n_layers, layers)
 
 
 def train_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, frozen_layers: int = 0,
@@ -310,6 +323,9 @@ def train_forward(graphdef, params, tokens: jax.Array, mask: jax.Array, frozen_l
     projection is most of a small model's cost, and only the positions that predict targets need it. The
     bottom `frozen_layers` blocks get no gradient and no backward pass; with `trunk` [B, T, D] (their output,
     from `trunk_forward`) they are not run at all."""
+    if per_layer(params):
+        raise InputError("training takes blocks stacked on a layers axis; this model holds them per layer "
+                         "(load_model(per_layer=True)): train model.with_layout(per_layer=False)")
     model = nnx.merge(graphdef, params)
     h, _, _ = model.hidden(tokens, positions_from_mask(mask), frozen_layers=frozen_layers, trunk=trunk)
     if window is not None:

@@ -144,7 +144,7 @@ class _Interrupt(Exception):
 
 def _load(source, dtype, mesh, rules, progress: bool = False):
     if isinstance(source, Model):
-        return source
+        return source.with_layout(per_layer=False)  # training slices and scans the stacked blocks
     from ivg_jax.loading import load_model
 
     return load_model(source, dtype=dtype, mesh=mesh, rules=rules, progress=progress)
