@@ -5,10 +5,12 @@ the same left-padded prompts for the same number of new tokens (no early stop), 
 
     python benchmarks/decode_throughput.py [--batches 1 16 64] [--new-tokens 32] [--repeats 3] [--out FILE]
 
-`--model DIR` benchmarks an HF checkpoint directory instead of the embedded GGUF; `--randomize` first writes
-random weights of DIR/config.json there with transformers (how the GPU run gets SmolLM2-shaped weights: the
-GGUF is over the device tool's transfer limit). On a GPU the transformers side runs on CUDA and the memory
-column is each framework's device peak instead of host RSS.
+`--per-layer` loads ivg-jax's model with its blocks per layer (`load_model(per_layer=True)`: blocks run one after
+another in place instead of as a loop over the stacked weights). `--model DIR` benchmarks an HF checkpoint
+directory instead of the embedded GGUF; `--randomize` first writes random weights of DIR/config.json there with
+transformers (how the GPU run gets SmolLM2-shaped weights: the GGUF is over the device tool's transfer limit).
+On a GPU the transformers side runs on CUDA and the memory column is each framework's device peak instead of
+host RSS.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def time_complete(model, texts: list[str], new_tokens: int, repeats: int) -> tup
     return first, median, out
 
 
-def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
+def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None,
+             per_layer: bool = False) -> dict:
     from ivg_jax.runtime import tune_cpu
 
     tune_cpu()
@@ -63,7 +66,7 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
     from ivg_jax.decoding.plain import complete
     from ivg_jax.defaults import default_model_path
 
-    model = load_model(model_dir or default_model_path(), dtype=dtype)
+    model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer)
     p = prompts(batch)
     first, steady, out = time_complete(model, p, new_tokens, repeats)
     _, _, ttft = timed(lambda: complete(model, p, max_new_tokens=1, stop_ids=[]), repeats)  # 1st call compiles
@@ -118,8 +121,10 @@ def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str
 
 
 def child(args) -> None:
-    fn = run_ours if args.framework == "ivg-jax" else run_hf
-    result = fn(args.batch, args.new_tokens, args.repeats, args.dtype, args.model)
+    if args.framework == "ivg-jax":
+        result = run_ours(args.batch, args.new_tokens, args.repeats, args.dtype, args.model, args.per_layer)
+    else:
+        result = run_hf(args.batch, args.new_tokens, args.repeats, args.dtype, args.model)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result))
 
@@ -132,6 +137,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--out", default=None, help="also write the Markdown table here")
     ap.add_argument("--model", default=None, help="an HF checkpoint directory (default: the embedded SmolLM2 GGUF)")
+    ap.add_argument("--per-layer", action="store_true",
+                    help="ivg-jax's blocks held per layer (load_model(per_layer=True))")
     ap.add_argument("--randomize", action="store_true", help="first write random weights for --model's config")
     ap.add_argument("--child", choices=["ivg-jax", "transformers"], dest="framework")
     ap.add_argument("--batch", type=int)
@@ -149,6 +156,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", fw, "--batch", str(batch), "--new-tokens",
                    str(args.new_tokens), "--repeats", str(args.repeats), "--dtype", args.dtype]
             cmd += ["--model", args.model] if args.model else []
+            cmd += ["--per-layer"] if args.per_layer and fw == "ivg-jax" else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -168,6 +176,7 @@ def main() -> None:
     weights = f"random weights in {args.model}" if args.randomize else (args.model or "the embedded GGUF")
     lines = [
         f"SmolLM2-135M-Instruct-shaped model ({weights}, {args.dtype}), greedy, {args.new_tokens} new tokens, "
+        f"ivg-jax's blocks {'per layer' if args.per_layer else 'stacked (a lax.scan)'}, "
         f"median of {args.repeats}; "
         "tok/s counts prefill (end to end); decode phase excludes time to first token; "
         f"{os.cpu_count()} CPU cores ({cpu}); ivg-jax on {rows[0][1]['ivg-jax']['backend']}, baseline "
