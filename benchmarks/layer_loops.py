@@ -1,7 +1,7 @@
 """Plain decoding of SmolLM2-135M with its blocks as a scan over stacked weights vs one block after another on
 per-layer weights (issue 14), alternating in one process: the per-layer weights are made once, before timing
-(`unstack_blocks`), so this measures the loops themselves, not the per-call copy `generate(unroll_layers=True)`
-makes. Greedy, no early stop; tok/s end to end (prefill included), median of --repeats after a compiling call.
+(`Model.with_layout`, what `load_model(per_layer=True)` loads), so this measures the loops themselves. Greedy,
+no early stop; tok/s end to end (prefill included), median of --repeats after a compiling call.
 
     python benchmarks/layer_loops.py [--batches 1 16 64] [--dtypes float32 bfloat16] [--new-tokens 50]
 """
@@ -21,7 +21,6 @@ import jax  # noqa: E402
 
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.loading import load_model  # noqa: E402
-from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 from decode_throughput import prompts, time_complete  # noqa: E402
@@ -45,7 +44,7 @@ def main() -> None:
              "same tokens |", "|---|---:|---:|---:|---:|---:|---|"]
     for dtype in args.dtypes:
         model = load_model(default_model_path(), dtype=dtype)
-        unrolled = model.with_params(jax.jit(unstack_blocks)(model.params))
+        unrolled = model.with_layout(per_layer=True)
         for batch in args.batches:
             scan_rate, scan_first, scan_tokens = tok_per_s(model, batch, args.new_tokens, args.repeats)
             rate, first, tokens = tok_per_s(unrolled, batch, args.new_tokens, args.repeats)

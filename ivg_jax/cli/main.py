@@ -150,7 +150,8 @@ def parser() -> argparse.ArgumentParser:
                    help="fast: the README's main job, minutes on 2 CPUs; full: the experiment (issue 12's recipe); "
                         "full-bt400: the full run's earlier recipe (the paper's pairs, 400 prompts); w2s: "
                         "weak-to-strong, Qwen2.5-Coder-0.5B guides steering the 1.5B (ivg assets fetch both "
-                        "first); smoke: tiny sizes, a check that everything runs (default: fast)")
+                        "first); w2s-xvocab: SmolLM2-135M guides steering the Qwen 1.5B at chunk level across "
+                        "tokenizers; smoke: tiny sizes, a check that everything runs (default: fast)")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     add_dataclass_flags(p, SentimentConfig, skip=("run_dir",), help_text=SENTIMENT_HELP,
                         shown_defaults={k: f"{v} in the fast preset, {getattr(SentimentConfig, k)} in the full one"
