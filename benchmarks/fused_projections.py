@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.loading import inspect_model  # noqa: E402
+from ivg_jax.model.layers import mm  # noqa: E402  (the model's matmul: float32 accumulation)
 
 sys.path.insert(0, os.path.dirname(__file__))
 from timing import report  # noqa: E402
@@ -60,9 +61,9 @@ def mix(q, k, v):
 def blocks_separate(x, layers):
     for p in layers:
         h = norm(x)
-        x = x + mix(h @ p["q"], h @ p["k"], h @ p["v"]) @ p["o"]
+        x = x + mm(mix(mm(h, p["q"]), mm(h, p["k"]), mm(h, p["v"])), p["o"])
         h = norm(x)
-        x = x + (jax.nn.silu(h @ p["gate"]) * (h @ p["up"])) @ p["down"]
+        x = x + mm(jax.nn.silu(mm(h, p["gate"])) * mm(h, p["up"]), p["down"])
     return x
 
 
@@ -70,11 +71,11 @@ def blocks_separate(x, layers):
 def blocks_fused(x, layers):
     for p in layers:
         q_width, kv_width = p["o"].shape[0], (p["qkv"].shape[1] - p["o"].shape[0]) // 2
-        qkv = norm(x) @ p["qkv"]
-        x = x + mix(qkv[:, :q_width], qkv[:, q_width:q_width + kv_width], qkv[:, q_width + kv_width:]) @ p["o"]
+        qkv = mm(norm(x), p["qkv"])
+        x = x + mm(mix(qkv[:, :q_width], qkv[:, q_width:q_width + kv_width], qkv[:, q_width + kv_width:]), p["o"])
         f = p["down"].shape[0]
-        gate_up = norm(x) @ p["gate_up"]
-        x = x + (jax.nn.silu(gate_up[:, :f]) * gate_up[:, f:]) @ p["down"]
+        gate_up = mm(norm(x), p["gate_up"])
+        x = x + mm(jax.nn.silu(gate_up[:, :f]) * gate_up[:, f:], p["down"])
     return x
 
 
@@ -96,7 +97,9 @@ def main() -> None:
         for rows in args.rows:
             x = jnp.ones((rows, cfg.d_model), dtype)
             a, b = blocks_separate(x, separate), blocks_fused(x, fused)  # compile; the same numbers
-            np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=2e-2, atol=2e-2)
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            # the same sums in another grouping: bf16 rounding drifts over 30 blocks, float32 does not
+            assert np.abs(a - b).max() <= (0.1 if dtype == "bfloat16" else 1e-3) * np.abs(b).max(), "outputs differ"
             times = {"separate": [], "fused": []}
             for _ in range(args.repeats):
                 for name, fn, layers in (("separate", blocks_separate, separate), ("fused", blocks_fused, fused)):
