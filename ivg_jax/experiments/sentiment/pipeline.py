@@ -206,6 +206,23 @@ def generator_of(method: str) -> str:
     return "guide" if method == "bon_guide" else "base"
 
 
+def response_ids(models: Models, method: str, rows: list[dict]) -> list[list[int]]:
+    """Each decoded row's response as the base's token ids, which the base scores (NLL): the decoder's own ids,
+    or, when the method sampled from a guide model of another tokenizer, its text re-tokenised by the base's
+    (the response on its own, as training encodes responses; the stop string, trimmed from the text, is not
+    scored). The guide's ids are not the base's tokens and, inside the base's larger vocabulary, would be
+    scored as other text without an error."""
+    from ivg_jax.guidance import same_vocabulary
+    from ivg_jax.loading import inspect_model
+
+    if generator_of(method) == "base" or not models.cfg.guide_model:
+        return [r["tokens"] for r in rows]
+    base = models.base()
+    if same_vocabulary(base, inspect_model(models.guide_source)):
+        return [r["tokens"] for r in rows]
+    return [base.tokenizer(r["text"], add_special_tokens=False)["input_ids"] for r in rows]
+
+
 def base_forward_factor(cfg: SentimentConfig, method: str) -> float:
     """Base-forward tokens per model forward token of a method: its models' mean FLOPs per token over the base's.
     Every model of a method runs the same rows, so this turns the engine's forward-token count into compute in
@@ -597,7 +614,7 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
     for method in cfg.method_list:
         rows = read_jsonl(cfg.path / "decode" / f"{method}.jsonl")
         rewards = rewards_of[method] = gold([r["prompt"] + r["text"] for r in rows])
-        nll = continuation_nll(models.base(), [r["prompt"] for r in rows], [r["tokens"] for r in rows],
+        nll = continuation_nll(models.base(), [r["prompt"] for r in rows], response_ids(models, method, rows),
                                cfg.base_template)
         mean, lo, hi = bootstrap_ci(rewards, seed=_hash_seed(cfg.seed, method))
         texts = [r["text"] for r in rows]
@@ -610,7 +627,11 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
     # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
     # is much tighter than two overlapping marginal intervals suggest.
     # IVG against every other method, and EFT against the base: whether the implicit guide alone has an effect.
-    for method, others in (("ivg", [m for m in rewards_of if m != "ivg"]), ("eft", ["base"])):
+    # A run without IVG (guides of another tokenizer act at chunk level only) leads with CBS explicit instead,
+    # and CBS implicit against the base asks the implicit guide's question.
+    lead = "ivg" if "ivg" in rewards_of else "cbs_explicit"
+    single = ("eft",) if lead == "ivg" else ("cbs_implicit",)
+    for method, others in ((lead, [m for m in rewards_of if m != lead]), *((m, ["base"]) for m in single)):
         if method in results and all(m in rewards_of for m in others):
             results[method]["minus"] = {
                 m: list(bootstrap_ci(rewards_of[method] - rewards_of[m], seed=_hash_seed(cfg.seed, method, m)))
@@ -639,7 +660,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
                      f"| {r['compute']:.0f} |")
-    paired = [(a, b, d) for a in ("ivg", "eft") for b, d in results.get(a, {}).get("minus", {}).items()]
+    paired = [(a, b, d) for a, r in results.items() for b, d in r.get("minus", {}).items()]
     if paired:
         lines += ["", "| paired difference (same prompts) | gold reward difference (95% paired CI) "
                   "| compute ratio |", "|---|---|---|"]
@@ -655,7 +676,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
     return "\n".join(lines)
 
 
-_SHORT = {"ivg": "IVG", "eft": "EFT"}
+_SHORT = {"ivg": "IVG", "eft": "EFT", "cbs_explicit": "CBS explicit", "cbs_implicit": "CBS implicit"}
 
 
 def plot_results(cfg: SentimentConfig, results: dict) -> None:
