@@ -660,7 +660,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
                      f"| {r['compute']:.0f} |")
-    paired = [(a, b, d) for a, r in results.items() for b, d in r.get("minus", {}).items()]
+    paired = [(a, b, d) for a in _PAIRED_ORDER for b, d in results.get(a, {}).get("minus", {}).items()]
     if paired:
         lines += ["", "| paired difference (same prompts) | gold reward difference (95% paired CI) "
                   "| compute ratio |", "|---|---|---|"]
@@ -677,6 +677,7 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
 
 
 _SHORT = {"ivg": "IVG", "eft": "EFT", "cbs_explicit": "CBS explicit", "cbs_implicit": "CBS implicit"}
+_PAIRED_ORDER = ("ivg", "cbs_explicit", "eft", "cbs_implicit")  # the run's lead method first (stage_evaluate)
 
 
 def plot_results(cfg: SentimentConfig, results: dict) -> None:
