@@ -43,14 +43,3 @@ def hf_checkpoint(tmp_path_factory):
 
 ALL_FAMILIES = list(FAMILIES)
 
-
-# The longest files first: `--dist loadfile` hands whole files to the 2 workers in collection order, so a long
-# file collected last (alphabetically, test_trunks / test_training_*) left one worker running alone for minutes.
-_LONGEST_FIRST = ("test_docs_examples.py", "test_trunks.py", "test_training_sharded.py", "test_notebooks.py",
-                  "test_sentiment_pipeline.py", "test_qwen2.py", "test_engine.py", "test_engine_sharded.py",
-                  "test_training_resume.py", "test_smollm2.py", "test_main_job.py")
-
-
-def pytest_collection_modifyitems(session, config, items):
-    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
