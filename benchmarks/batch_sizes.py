@@ -20,13 +20,12 @@ from ivg_jax.runtime import tune_cpu
 tune_cpu()
 
 import jax  # noqa: E402
+from shared_trunk import retrained  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.experiments.sentiment.pipeline import PRESETS, SentimentConfig, load_prompts  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
-
-from shared_trunk import retrained  # noqa: E402
 
 
 def prompts_per_second(call, n_prompts: int, repeats: int) -> float:

@@ -6,7 +6,11 @@ the same left-padded prompts for the same number of new tokens (no early stop), 
     python benchmarks/decode_throughput.py [--batches 1 16 64] [--new-tokens 32] [--repeats 3] [--out FILE]
 
 `--per-layer` loads ivg-jax's model with its blocks per layer (`load_model(per_layer=True)`: blocks run one after
-another in place instead of as a loop over the stacked weights). `--model DIR` benchmarks an HF checkpoint
+another in place instead of as a loop over the stacked weights). `--quantize int8` runs both sides with int8
+weights: ivg-jax's weight-only int8 (`load_model(quantize="int8")`: projections, heads and the embedding, a scale
+per output channel) against torch's own CPU int8 path (`torch.ao.quantization.quantize_dynamic` of every
+`nn.Linear`: int8 weights and dynamically quantized activations, fbgemm), and reports how close ivg-jax's int8
+model stays to its float model (top-1 agreement and KL, teacher-forced). `--model DIR` benchmarks an HF checkpoint
 directory instead of the embedded GGUF; `--randomize` first writes random weights of DIR/config.json there with
 transformers (how the GPU run gets SmolLM2-shaped weights: the GGUF is over the device tool's transfer limit).
 On a GPU the transformers side runs on CUDA and the memory column is each framework's device peak instead of
@@ -56,7 +60,7 @@ def time_complete(model, texts: list[str], new_tokens: int, repeats: int) -> tup
 
 
 def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None,
-             per_layer: bool = False) -> dict:
+             per_layer: bool = False, quantize: str | None = None) -> dict:
     from ivg_jax.runtime import tune_cpu
 
     tune_cpu()
@@ -66,17 +70,39 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
     from ivg_jax.decoding.plain import complete
     from ivg_jax.defaults import default_model_path
 
-    model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer)
+    model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer, quantize=quantize)
     p = prompts(batch)
     first, steady, out = time_complete(model, p, new_tokens, repeats)
     _, _, ttft = timed(lambda: complete(model, p, max_new_tokens=1, stop_ids=[]), repeats)  # 1st call compiles
     assert out.tokens.shape == (batch, new_tokens)
     stats = jax.devices()[0].memory_stats() or {}
-    return dict(seconds=steady, compile_s=first - steady, ttft_s=ttft,
-                backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
+    result = dict(seconds=steady, compile_s=first - steady, ttft_s=ttft,
+                  backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
+    if quantize:  # peak RSS read before the float model loads: the quantized model's alone
+        result["peak_rss_mb_timed"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result.update(agreement_with_float(model, load_model(model_dir or default_model_path(), dtype=dtype), p,
+                                           new_tokens))
+    return result
 
 
-def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None) -> dict:
+def agreement_with_float(quantized, float_model, texts: list[str], new_tokens: int) -> dict:
+    """Teacher-forced on the float model's greedy continuations of `texts`: how often the quantized model's top
+    token is the float model's, and the mean KL(float || quantized) of their next-token distributions (greedy
+    paths themselves part at the first near-tie, which says little about the rounding)."""
+    import jax
+    import numpy as np
+
+    from ivg_jax import forward
+    from ivg_jax.decoding.plain import complete
+
+    tokens = complete(float_model, texts, max_new_tokens=new_tokens, stop_ids=[]).tokens
+    f, q = (np.asarray(jax.nn.log_softmax(forward(m, tokens), axis=-1)) for m in (float_model, quantized))
+    kl = (np.exp(f) * (f - q)).sum(-1)
+    return dict(top1_agree=float((f.argmax(-1) == q.argmax(-1)).mean()), kl=float(kl.mean()))
+
+
+def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str | None,
+           quantize: str | None = None) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,6 +118,11 @@ def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str
     tok = AutoTokenizer.from_pretrained(**where)
     tok.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(**where, dtype=torch_dtype).to(device).eval()
+    quantized = bool(quantize) and device == "cpu"  # torch's dynamic int8 Linear is a CPU (fbgemm) kernel
+    if quantized:
+        from torch.ao.quantization import quantize_dynamic
+
+        model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     enc = tok(prompts(batch), return_tensors="pt", padding=True).to(device)
     kwargs = dict(do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id)
 
@@ -115,6 +146,8 @@ def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str
         gen(1)
         ttft.append(time.perf_counter() - t)
     on = f"{device}, {torch.get_num_threads()} threads" if device == "cpu" else device
+    if quantize:
+        on += ", int8 quantize_dynamic" if quantized else ", its float weights: no int8 Linear on CUDA"
     return dict(seconds=statistics.median(times), compile_s=0.0, ttft_s=statistics.median(ttft),
                 backend=f"torch {torch.__version__} ({on})",
                 device_peak_mb=torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else 0.0)
@@ -122,10 +155,11 @@ def run_hf(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: str
 
 def child(args) -> None:
     if args.framework == "ivg-jax":
-        result = run_ours(args.batch, args.new_tokens, args.repeats, args.dtype, args.model, args.per_layer)
+        result = run_ours(args.batch, args.new_tokens, args.repeats, args.dtype, args.model, args.per_layer,
+                          args.quantize)
     else:
-        result = run_hf(args.batch, args.new_tokens, args.repeats, args.dtype, args.model)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = run_hf(args.batch, args.new_tokens, args.repeats, args.dtype, args.model, args.quantize)
+    result["peak_rss_mb"] = result.pop("peak_rss_mb_timed", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print("RESULT " + json.dumps(result))
 
 
@@ -139,6 +173,8 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="an HF checkpoint directory (default: the embedded SmolLM2 GGUF)")
     ap.add_argument("--per-layer", action="store_true",
                     help="ivg-jax's blocks held per layer (load_model(per_layer=True))")
+    ap.add_argument("--quantize", choices=["int8"], default=None,
+                    help="int8 weights on both sides (ivg-jax weight-only, torch dynamic quantization)")
     ap.add_argument("--randomize", action="store_true", help="first write random weights for --model's config")
     ap.add_argument("--child", choices=["ivg-jax", "transformers"], dest="framework")
     ap.add_argument("--batch", type=int)
@@ -157,6 +193,7 @@ def main() -> None:
                    str(args.new_tokens), "--repeats", str(args.repeats), "--dtype", args.dtype]
             cmd += ["--model", args.model] if args.model else []
             cmd += ["--per-layer"] if args.per_layer and fw == "ivg-jax" else []
+            cmd += ["--quantize", args.quantize] if args.quantize else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -168,7 +205,10 @@ def main() -> None:
             print(f"batch {batch:3d} {fw:12s} {res[fw]['tok_s']:8.1f} tok/s (decode phase "
                   f"{res[fw]['decode_tok_s']:8.1f})  compile {res[fw]['compile_s']:5.1f}s  "
                   f"ttft {res[fw]['ttft_s'] * 1000:7.1f} ms  peak {res[fw]['peak_rss_mb']:6.0f} MB RSS, "
-                  f"{res[fw]['device_peak_mb']:6.0f} MB device", flush=True)
+                  f"{res[fw]['device_peak_mb']:6.0f} MB device"
+                  + (f"  vs float: top-1 {res[fw]['top1_agree']:.1%}, KL {res[fw]['kl']:.4f}"
+                     if "kl" in res[fw] else ""),
+                  flush=True)
         rows.append((batch, res))
     cpu = platform.processor() or platform.machine()
     gpu = rows[0][1]["ivg-jax"]["backend"] == "gpu"
@@ -177,7 +217,12 @@ def main() -> None:
     lines = [
         f"SmolLM2-135M-Instruct-shaped model ({weights}, {args.dtype}), greedy, {args.new_tokens} new tokens, "
         f"ivg-jax's blocks {'per layer' if args.per_layer else 'stacked (a lax.scan)'}, "
-        f"median of {args.repeats}; "
+        + (f"int8 weights on both sides (ivg-jax weight-only per output channel; torch quantize_dynamic); "
+           f"ivg-jax int8 against its float model, teacher-forced on the float model's greedy continuations: "
+           f"top-1 token agreement {min(r['ivg-jax']['top1_agree'] for _, r in rows):.1%} (lowest batch), "
+           f"mean KL(float || int8) {max(r['ivg-jax']['kl'] for _, r in rows):.4f} nats (highest); "
+           if args.quantize else "")
+        + f"median of {args.repeats}; "
         "tok/s counts prefill (end to end); decode phase excludes time to first token; "
         f"{os.cpu_count()} CPU cores ({cpu}); ivg-jax on {rows[0][1]['ivg-jax']['backend']}, baseline "
         f"{rows[0][1]['transformers']['backend']}.",

@@ -19,13 +19,12 @@ from ivg_jax.runtime import tune_cpu
 tune_cpu()
 
 import jax  # noqa: E402
+from shared_trunk import retrained  # noqa: E402
+from timing import timed  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.experiments.sentiment.pipeline import PRESETS, SentimentConfig, load_prompts  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
-
-from shared_trunk import retrained  # noqa: E402
-from timing import timed  # noqa: E402
 
 
 def main() -> None:

@@ -106,14 +106,22 @@ def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
     """The model with every weight placed on its mesh sharding (a no-op placement if already there)."""
     shardings = param_shardings(model.config, model.dtype, mesh, rules)
 
+    from ivg_jax.model.quant import Int8Weight, is_quantized
+
     def place(path, leaf):
         if len(path) > 1 and isinstance(path[1], jax.tree_util.SequenceKey):  # a block of `Model.per_layer`
             stacked = shardings[("blocks", *(str(p.key) for p in path[2:]))]
-            return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec(*stacked.spec[1:])))
-        key = tuple(str(getattr(p, "key", p)) for p in path)
-        return jax.device_put(leaf, shardings[key])
+            spec = PartitionSpec(*stacked.spec[1:])
+        else:
+            spec = shardings[tuple(str(p.key) for p in path)].spec
+        if not is_quantized(leaf):
+            return jax.device_put(leaf, NamedSharding(mesh, spec))
+        # The scale keeps the weight's sharding on its kept axes; its contracted axes have size 1.
+        scale_spec = PartitionSpec(*(None if n == 1 else s for n, s in zip(leaf.scale.shape, spec)))
+        return Int8Weight(jax.device_put(leaf.values, NamedSharding(mesh, spec)),
+                          jax.device_put(leaf.scale, NamedSharding(mesh, scale_spec)))
 
-    return model.with_params(jax.tree_util.tree_map_with_path(place, model.params))
+    return model.with_params(jax.tree_util.tree_map_with_path(place, model.params, is_leaf=is_quantized))
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -> jax.Array:

@@ -44,6 +44,7 @@ CASES = {
     "template with a lone brace": (DECODE + ["--base-template", "a { {prompt}"], "literal brace"),
     "template without prompt": (DECODE + ["--guide-template", "hello"], "no '{prompt}' field"),
     "dtype float64": (DECODE + ["--dtype", "float64"], "dtype must be one of"),
+    "quantize int4": (DECODE + ["--quantize", "int4"], "quantize must be one of int8 or none"),
     "beams 0": (DECODE + ["--beams", "0"], "beams must be >= 1"),
     "candidates 0": (DECODE + ["--candidates", "0"], "candidates must be >= 1"),
     "chunk length 0": (DECODE + ["--chunk-length", "0"], "chunk_length must be >= 1"),

@@ -41,6 +41,18 @@ SCRIPT = textwrap.dedent("""
         q = m.params["blocks"][0]["attn"]["q"]
         report[name] = {"max_err": float(np.abs(out - reference)[mask].max()),
                         "q_spec": [str(a) for a in q.sharding.spec], "q_devices": len(q.sharding.device_set)}
+    # int8 weights (values and scales) placed on the weights' shardings, while loading or afterwards
+    int8_reference = np.asarray(ivg_jax.forward(ivg_jax.load_model(directory, quantize="int8"), ids, mask))
+    for name, m in (("int8", ivg_jax.load_model(directory, mesh=mesh, quantize="int8")),
+                    ("int8_per_layer", ivg_jax.load_model(directory, mesh=mesh, per_layer=True, quantize="int8")),
+                    ("int8_placed", shard_params(ivg_jax.load_model(directory, quantize="int8"), mesh))):
+        out = np.asarray(ivg_jax.forward(m, ids, mask))
+        blocks = m.params["blocks"]
+        q = (blocks[0] if isinstance(blocks, tuple) else blocks)["attn"]["q"]
+        report[name] = {"max_err": float(np.abs(out - int8_reference)[mask].max()),
+                        "q_spec": [str(a) for a in q.values.sharding.spec],
+                        "scale_spec": [str(a) for a in q.scale.sharding.spec],
+                        "q_devices": len(q.values.sharding.device_set)}
     print("REPORT " + json.dumps(report))
 """)
 
@@ -64,5 +76,9 @@ def test_sharded_load_equals_unsharded(hf_checkpoint, name):
     for name in ("per_layer", "per_layer_placed"):
         assert report[name]["max_err"] < 1e-5 and report[name]["q_devices"] == 8, (name, report[name])
         assert report[name]["q_spec"] == ["None", "model", "None"], (name, report[name])
+    for name, spec in (("int8", ["None", "None", "model", "None"]), ("int8_per_layer", ["None", "model", "None"]),
+                       ("int8_placed", ["None", "None", "model", "None"])):
+        assert report[name]["max_err"] < 1e-5 and report[name]["q_devices"] == 8, (name, report[name])
+        assert report[name]["q_spec"] == report[name]["scale_spec"] == spec, (name, report[name])
     # vocab 97 is prime: the embedding stays replicated rather than failing to load
     assert report["2x4"]["embed_spec"] == ["None", "None"]

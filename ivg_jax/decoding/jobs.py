@@ -22,6 +22,7 @@ from pathlib import Path
 from ivg_jax import jsonl
 from ivg_jax.decoding.settings import DecodeSettings
 from ivg_jax.errors import InputError, require_dtype
+from ivg_jax.model.quant import QUANTIZE_CHOICES
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -41,9 +42,12 @@ class DecodeJobConfig(DecodeSettings):
     num_shards: int | None = None  # default: jax.process_count()
     shard_index: int | None = None  # default: jax.process_index()
     dtype: str = "float32"
+    quantize: str | None = None  # "int8": weight-only int8 models (decode-only; results differ by the rounding)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
+            raise InputError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} or none; got {self.quantize!r}")
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1; got {self.batch_size}")
         if "implicit" in (self.token, self.chunk) and not (self.tuned and self.reference):
@@ -59,6 +63,8 @@ class DecodeJobConfig(DecodeSettings):
         compaction, layer loops)."""
         skip = {"input", "output", "batch_size", "num_shards", "shard_index", "compaction", "unroll_layers"}
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+        if self.quantize is None:  # unset, it leaves the hash that outputs written before it existed carry
+            del settings["quantize"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -152,7 +158,7 @@ def _models(cfg: DecodeJobConfig, progress: bool = False, weights: bool = True):
 
     if weights:  # a progress bar per model: a 7B base is minutes of loading
         read = lambda p: ivg_jax.load_model(p, dtype=cfg.dtype, progress=progress,  # noqa: E731
-                                            per_layer=cfg.unroll_layers)
+                                            per_layer=cfg.unroll_layers, quantize=cfg.quantize)
     else:
         read = inspect_model
     loaded = {}

@@ -63,7 +63,8 @@ def _equal_prefix(a: dict, b: dict) -> jax.Array:
     same = _equal_layers(a, b)
     for key in ("embed", "pos_embed"):
         if key in a:
-            same &= jnp.all(_bits(a[key]) == _bits(b[key]))
+            for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key])):  # an int8 embedding: two leaves
+                same &= jnp.all(_bits(x) == _bits(y))
     return jnp.where(jnp.all(same), n_layers, jnp.argmin(same)).astype(jnp.int32)
 
 

@@ -66,6 +66,11 @@ def _save_shard(tensors: dict[str, np.ndarray], path: Path) -> None:
 
 def export_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
     """Writes `directory` with config.json, model.safetensors (or shards + index) and the tokenizer."""
+    if model.quantized:
+        from ivg_jax.errors import InputError
+
+        raise InputError(f"{model.source} holds int8 weights, which are decode-only; export the float model "
+                         "(load it without quantize)")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _require_room(out, model)

@@ -24,6 +24,7 @@ from ivg_jax.loading.gguf_source import GGUFSource
 from ivg_jax.loading.gguf_tokenizer import tokenizer_from_gguf
 from ivg_jax.loading.layout import IGNORABLE_SUFFIXES, Rule, rules_for
 from ivg_jax.loading.safetensors_source import PICKLE_SUFFIXES, SafetensorsSource, refuse_pickle
+from ivg_jax.model import quant
 from ivg_jax.model.api import Model, abstract_model
 from ivg_jax.progress import tqdm
 from ivg_jax.sharding import DEFAULT_RULES, named_sharding, param_logical_axes
@@ -77,10 +78,25 @@ def _place(buffer: np.ndarray, axes, mesh, rules) -> jax.Array:
     return jax.device_put(buffer, named_sharding(axes, buffer.shape, mesh, rules))
 
 
+def _place_weight(buffer: np.ndarray, path: tuple[str, ...], axes, cfg: ModelConfig, quantize: str | None, mesh,
+                  rules):
+    """One parameter (a stack or one layer's slice) placed as it is, or as an `Int8Weight` whose scale gets
+    the weight's sharding on its kept axes."""
+    contracted = quant.contracted_axes(path, buffer.ndim, cfg.is_moe) if quantize else None
+    if contracted is None:
+        return _place(buffer, axes, mesh, rules)
+    weight = quant.quantize_int8(buffer, contracted)
+    scale_axes = tuple(None if i in contracted else a for i, a in enumerate(axes))
+    return quant.Int8Weight(_place(weight.values, axes, mesh, rules), _place(weight.scale, scale_axes, mesh, rules))
+
+
 def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
-                 where: str = "checkpoint", progress: bool = False, per_layer: bool = False) -> tuple[Any, dict]:
+                 where: str = "checkpoint", progress: bool = False, per_layer: bool = False,
+                 quantize: str | None = None) -> tuple[Any, dict]:
     """(graphdef, params) with every tensor of `source` mapped, converted, stacked and placed; with `per_layer`,
-    each block's weights placed as arrays of their own (`Model.per_layer`) instead of slices of a stack."""
+    each block's weights placed as arrays of their own (`Model.per_layer`) instead of slices of a stack; with
+    `quantize="int8"`, each projection quantized on the host before it is placed (`ivg_jax.model.quant`), so
+    the float weights never occupy the device."""
     graphdef, abstract_state = abstract_model(cfg, dtype)
     abstract = {tuple(p): v for p, v in abstract_state.flat_state()}
     table = rules_for(cfg, checkpoint_keys=lambda k: k in source)
@@ -103,9 +119,11 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
             buffer[index] = tensor.astype(np_dtype)
         if per_layer and rule.path[0] == "blocks":
             for layer, weights in zip(layers, buffer):
-                _set_path(layer, rule.path[1:], _place(weights, axes[rule.path][1:], mesh, rules))
+                _set_path(layer, rule.path[1:], _place_weight(weights, rule.path, axes[rule.path][1:], cfg, quantize,
+                                                              mesh, rules))
         else:
-            _set_path(params, rule.path, _place(buffer, axes[rule.path], mesh, rules))
+            _set_path(params, rule.path, _place_weight(buffer, rule.path, axes[rule.path], cfg, quantize, mesh,
+                                                       rules))
         del buffer
     if per_layer:
         params["blocks"] = tuple(layers)
@@ -193,7 +211,8 @@ def _check_finite(tensor: np.ndarray, key: str, where: str) -> None:
 
 
 def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=DEFAULT_RULES,
-               tokenizer: bool = True, progress: bool = False, per_layer: bool = False) -> Model:
+               tokenizer: bool = True, progress: bool = False, per_layer: bool = False,
+               quantize: str | None = None) -> Model:
     """Loads a model for ivg-jax.
 
     `path_or_id`: a HF checkpoint directory (config.json + safetensors, sharded or not), a `.gguf` file, a
@@ -202,18 +221,22 @@ def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=
     `mesh`: place each weight on its sharding (see `ivg_jax.sharding`) as it is read. `per_layer`: hold each
     block's weights as arrays of their own (`Model.per_layer`), the layout decoding runs one block after
     another in place (`generate(unroll_layers=True)` then copies nothing per call); training and export take
-    the default, blocks stacked on a layers axis (`Model.with_layout` converts).
+    the default, blocks stacked on a layers axis (`Model.with_layout` converts). `quantize="int8"`: hold the
+    projections, heads and embedding as int8 with a scale per output channel (decode-only; `Model.quantize`),
+    each quantized as it is read.
     """
     dtype = _resolve_dtype(dtype)
+    if quantize is not None and quantize not in quant.QUANTIZE_CHOICES:
+        raise InputError(f"quantize must be one of {quant.QUANTIZE_CHOICES} or None; got {quantize!r}")
     kind, path = _locate(path_or_id)
     if kind == "gguf":
-        return _load_gguf(path, dtype, mesh, rules, tokenizer, progress, per_layer)
+        return _load_gguf(path, dtype, mesh, rules, tokenizer, progress, per_layer, quantize)
     cfg = _hf_config(path)
     source = SafetensorsSource(path)
     graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress,
-                                    per_layer=per_layer)
+                                    per_layer=per_layer, quantize=quantize)
     tok = _load_tokenizer(path) if tokenizer else None
-    return Model(cfg, graphdef, params, tok, source=str(path))
+    return Model(cfg, graphdef, params, tok, source=_source_name(str(path), quantize))
 
 
 def inspect_model(path_or_id: str | os.PathLike) -> Model:
@@ -267,11 +290,16 @@ def _gguf_config(source: GGUFSource, path: Path) -> ModelConfig:
                             vocab_size=source.shape("model.embed_tokens.weight")[0])
 
 
-def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool, per_layer: bool) -> Model:
+def _load_gguf(path: Path, dtype, mesh, rules, tokenizer: bool, progress: bool, per_layer: bool,
+               quantize: str | None) -> Model:
     source = GGUFSource(path)
     cfg = _gguf_config(source, path)
     graphdef, params = build_params(cfg, source, dtype, mesh, rules, where=str(path), progress=progress,
-                                    per_layer=per_layer)
+                                    per_layer=per_layer, quantize=quantize)
     del source  # its file mapping: a finished load keeps no file pages resident
     tok = _load_tokenizer(path.parent, gguf_file=path.name) if tokenizer else None
-    return Model(cfg, graphdef, params, tok, source=str(path))
+    return Model(cfg, graphdef, params, tok, source=_source_name(str(path), quantize))
+
+
+def _source_name(path: str, quantize: str | None) -> str:
+    return f"{path} ({quantize})" if quantize else path

@@ -12,6 +12,7 @@ from flax import nnx
 
 from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
+from ivg_jax.model import quant
 from ivg_jax.model.transformer import Transformer, full_forward, per_layer, stack_blocks, unstack_blocks
 
 
@@ -33,7 +34,22 @@ class Model:
 
     @property
     def dtype(self):
-        return jax.tree.leaves(self.params)[0].dtype
+        """The weights' float dtype (an int8-quantized weight stands for its scale's dtype)."""
+        return quant.leaves(self.params)[0].dtype
+
+    @property
+    def quantized(self) -> bool:
+        """Whether projections are held as int8 (`quantize`; decode-only)."""
+        return any(map(quant.is_quantized, quant.leaves(self.params)))
+
+    def quantize(self, kind: str = "int8") -> Model:
+        """The model with its projections, vocab heads and embedding as int8 weights with a float scale per
+        output channel (`ivg_jax.model.quant`): a quarter of float32's bytes per decode step. Decode-only;
+        the float weights are not kept (load again to train or export)."""
+        if kind not in quant.QUANTIZE_CHOICES:
+            raise InputError(f"quantize must be one of {quant.QUANTIZE_CHOICES}; got {kind!r}")
+        return dataclasses.replace(self, params=quant.quantize_params(self.params, self.config.is_moe),
+                                   source=self.source if self.quantized else f"{self.source} (int8)")
 
     @property
     def per_layer(self) -> bool:

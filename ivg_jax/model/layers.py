@@ -17,15 +17,17 @@ import numpy as np
 from flax import nnx
 
 from ivg_jax.config import ModelConfig
+from ivg_jax.model.quant import dense, is_quantized, matmul_f32
 
 # Finite, so rows with no visible key (padding queries) give a uniform softmax instead of NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
-def mm(x: jax.Array, w: jax.Array) -> jax.Array:
-    """x @ w accumulated in float32, returned in x's dtype (what bf16 matmuls do on accelerators; on
-    XLA:CPU a bf16-output dot takes a slow path, ~2.5x slower than this for the MLP at decode shapes)."""
-    return jnp.matmul(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+def mm(x: jax.Array, w) -> jax.Array:
+    """x @ w (w [in, out], an array or an `Int8Weight`) accumulated in float32, returned in x's dtype (what bf16
+    matmuls do on accelerators; on XLA:CPU a bf16-output dot takes a slow path, ~2.5x slower than this for the
+    MLP at decode shapes)."""
+    return matmul_f32(x, w).astype(x.dtype)
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, out_dtype=None) -> jax.Array:
@@ -116,9 +118,10 @@ def _read_prefix(probs: jax.Array, dtype, *, by_prompt: tuple[int, int], prefix_
     return out.transpose(0, 2, 1, 3, 4, 5).reshape(p * r, out.shape[1], *out.shape[3:])
 
 
-def _dense_heads(x: jax.Array, w: jax.Array) -> jax.Array:
+def _dense_heads(x: jax.Array, w) -> jax.Array:
     """x [B, T, D] @ w [D, heads, H] -> [B, T, heads, H]."""
-    return mm(x, w.reshape(w.shape[0], -1)).reshape(*x.shape[:2], *w.shape[1:])
+    matrix = w.matrix(1) if is_quantized(w) else w.reshape(w.shape[0], -1)
+    return mm(x, matrix).reshape(*x.shape[:2], *w.shape[1:])
 
 
 class Attention(nnx.Module):
@@ -142,7 +145,7 @@ class Attention(nnx.Module):
     def project(self, x: jax.Array, positions: jax.Array, inv_freq) -> tuple[jax.Array, jax.Array, jax.Array]:
         """x: [B, T, D] -> q [B, T, Nq, H], k and v [B, T, Nkv, H] (rotary already applied)."""
         # Plain 2-D matmuls on the flattened head axes: XLA:CPU would otherwise copy weights into a new layout.
-        q, k, v = (_dense_heads(x, w[...]) for w in (self.q, self.k, self.v))
+        q, k, v = (_dense_heads(x, w.get_value()) for w in (self.q, self.k, self.v))
         if self.cfg.attn_bias:
             q, k, v = q + self.q_bias[...], k + self.k_bias[...], v + self.v_bias[...]
         if self.cfg.qk_norm:
@@ -206,8 +209,8 @@ class Attention(nnx.Module):
         dtype = jnp.float32 if len(segments) > 1 else None  # several segments' outputs are summed in float32
         out = sum(read(part, dtype) for (_, _, read), part in zip(segments, jnp.split(probs, ends, axis=-1)))
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads, cfg.head_dim).astype(x.dtype)
-        o = self.o[...]
-        y = mm(out.reshape(b, t, -1), o.reshape(-1, o.shape[-1]))
+        o = self.o.get_value()
+        y = mm(out.reshape(b, t, -1), o.matrix(2) if is_quantized(o) else o.reshape(-1, o.shape[-1]))
         if cfg.attn_out_bias:
             y = y + self.o_bias[...]
         if write_at is not None:
@@ -248,17 +251,17 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         act = activation(self.cfg.activation)
-        up = mm(x, self.up[...])
+        up = mm(x, self.up.get_value())
         if self.cfg.mlp_bias:
             up = up + self.up_bias[...]
         if self.cfg.mlp == "swiglu":
-            gate = mm(x, self.gate[...])
+            gate = mm(x, self.gate.get_value())
             if self.cfg.mlp_bias:
                 gate = gate + self.gate_bias[...]
             h = act(gate) * up
         else:
             h = act(up)
-        y = mm(h, self.down[...])
+        y = mm(h, self.down.get_value())
         if self.cfg.mlp_bias:
             y = y + self.down_bias[...]
         return y
@@ -292,9 +295,10 @@ class MoE(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         weights = self.routing_weights(x).astype(x.dtype)
-        h = jax.nn.silu(einsum("btd,edf->btef", x, self.gate[...])) * einsum("btd,edf->btef", x, self.up[...])
+        gate, up, down = (dense(w.get_value()) for w in (self.gate, self.up, self.down))
+        h = jax.nn.silu(einsum("btd,edf->btef", x, gate)) * einsum("btd,edf->btef", x, up)
         h = h * weights[..., None]
-        return einsum("btef,efd->btd", h, self.down[...])
+        return einsum("btef,efd->btd", h, down)
 
 
 class Block(nnx.Module):

@@ -16,6 +16,7 @@ from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.layers import Block, Norm, _param, rope_inverse_frequencies
+from ivg_jax.model.quant import matmul_f32, take_rows
 
 
 class Transformer(nnx.Module):
@@ -131,7 +132,7 @@ class Transformer(nnx.Module):
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens, positions [B, T] -> the first block's input [B, T, D]."""
-        x = jnp.take(self.embed[...], tokens, axis=0)
+        x = take_rows(self.embed.get_value(), tokens)
         if self.cfg.positions == "learned":
             x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
         return x
@@ -146,12 +147,12 @@ class Transformer(nnx.Module):
         if cfg.head == "scalar":
             return jnp.einsum("btd,d->bt", h, self.score_head[...]).astype(jnp.float32)
         if cfg.head == "value":
-            w = self.value_head[...]
+            w = self.value_head.get_value()
         elif cfg.tie_embeddings:
-            w = self.embed[...].T
+            w = self.embed.get_value().T
         else:
-            w = self.lm_head[...]
-        return jnp.einsum("btd,dv->btv", h, w, preferred_element_type=jnp.float32)
+            w = self.lm_head.get_value()
+        return matmul_f32(h, w)
 
     def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)

@@ -179,6 +179,10 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     `stop_at_step`: checkpoint and return after that step (a time-sliced or preemptible job); running the same
     config again resumes exactly where it stopped.
     """
+    for given in (model, reference):
+        if given is not None and given.quantized:
+            raise InputError(f"{given.source} holds int8 weights, which are decode-only; train the float model "
+                             "(load it without quantize)")
     objective = Objective(cfg.objective, cfg.beta, cfg.label_smoothing)
     kind = DATA_KIND[cfg.objective]
     # Cheap checks first: schemas before any model is loaded.

@@ -1,0 +1,108 @@
+"""Int8 weight-only models: the rounding is the brute-force one, and an int8 model computes what transformers
+computes with its dequantized weights (values x scale) — the quantized matmuls, embedding rows and tied head
+are exact rewrites, so the only error left is the rounding itself."""
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+from oracle import pad_batch, random_rows
+
+import ivg_jax
+from ivg_jax.errors import InputError
+from ivg_jax.model.api import attach_head
+from ivg_jax.model.quant import Int8Weight, is_quantized, quantize_int8
+
+ROWS = random_rows([7, 3, 9], seed=5)
+
+
+def test_rounding_is_symmetric_per_output_channel():
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((6, 3, 5)) * np.array([1.0, 1e-3, 30.0])[None, :, None]).astype(np.float32)
+    w[:, 2, 4] = 0.0  # an all-zero output channel
+    q = quantize_int8(w, (0,))
+    assert q.values.dtype == np.int8 and q.values.shape == w.shape and q.scale.shape == (1, 3, 5)
+    amax = np.abs(w).max(axis=0, keepdims=True)
+    expected_scale = np.where(amax > 0, amax * np.float32(1 / 127), 1).astype(np.float32)
+    np.testing.assert_array_equal(q.scale, expected_scale)
+    np.testing.assert_array_equal(q.values, np.clip(np.round(w * (1 / expected_scale)), -127, 127).astype(np.int8))
+    assert np.all(np.abs(w - q.values * q.scale) <= q.scale / 2 * (1 + 1e-6))
+    assert np.abs(q.values).max(axis=0)[:, :4].min() == 127 and not q.values[:, 2, 4].any()
+    # the same rounding on device
+    on_device = quantize_int8(jax.numpy.asarray(w), (0,))
+    np.testing.assert_array_equal(np.asarray(on_device.values), q.values)
+    np.testing.assert_array_equal(np.asarray(on_device.scale), q.scale)
+
+
+def _dequantized(model):
+    return model.with_params(jax.tree.map(lambda w: w.dequantize() if is_quantized(w) else w, model.params,
+                                          is_leaf=is_quantized)).with_layout(per_layer=False)
+
+
+@pytest.mark.parametrize("name", ["llama-gqa-tied", "gpt2-untied", "mixtral-4experts", "qwen3-qk-norm"])
+def test_int8_model_equals_transformers_on_its_dequantized_weights(hf_checkpoint, name, tmp_path):
+    directory, _ = hf_checkpoint(name)
+    int8 = ivg_jax.load_model(directory, quantize="int8")
+    kinds = {jax.tree_util.keystr(p): type(w).__name__
+             for p, w in jax.tree_util.tree_flatten_with_path(int8.params, is_leaf=is_quantized)[0]}
+    assert kinds["['blocks']['attn']['q']"] == "Int8Weight" and kinds["['embed']"] == "Int8Weight"
+    assert kinds["['blocks']['attn_norm']['scale']"] != "Int8Weight"
+    assert int8.quantized and int8.dtype == np.float32
+    # the oracle: transformers' model holding the int8 weights' values x scale
+    out = ivg_jax.export_hf(_dequantized(int8), tmp_path / "dq")
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    ids, mask = pad_batch(ROWS, "right")
+    with torch.no_grad():
+        reference = hf(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
+    for model in (int8, ivg_jax.load_model(directory, quantize="int8", per_layer=True)):
+        logits = np.asarray(ivg_jax.forward(model, ids, mask))
+        np.testing.assert_allclose(logits[mask], reference[mask], atol=2e-5, rtol=1e-5)
+    # quantizing a loaded model is the same as quantizing while loading
+    again = ivg_jax.load_model(directory).quantize()
+    for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(int8.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_int8_stays_close_to_float_and_bfloat16_keeps_its_dtype(hf_checkpoint):
+    directory, _ = hf_checkpoint("llama3-rope-scaling")
+    ids, mask = pad_batch(ROWS, "left")
+    f32 = np.asarray(ivg_jax.forward(ivg_jax.load_model(directory), ids, mask))
+    int8 = np.asarray(ivg_jax.forward(ivg_jax.load_model(directory, quantize="int8"), ids, mask))
+    assert np.abs(int8 - f32)[mask].max() < 0.02 * np.abs(f32).max()
+    bf16 = ivg_jax.load_model(directory, dtype="bfloat16", quantize="int8")
+    assert bf16.dtype == np.dtype("bfloat16") and bf16.params["embed"].scale.dtype == np.dtype("bfloat16")
+    out = np.asarray(ivg_jax.forward(bf16, ids, mask))
+    assert out.dtype == np.float32 and np.abs(out - f32)[mask].max() < 0.05 * np.abs(f32).max()
+
+
+def test_guided_search_on_int8_models_equals_it_on_their_dequantized_weights():
+    cfg = ivg_jax.ModelConfig(family="llama", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                              head_dim=8, d_ff=48, pad_token_id=0, eos_token_ids=(1,))
+    base = ivg_jax.init_model(cfg, seed=0).quantize()
+    tuned = ivg_jax.init_model(cfg, seed=1).quantize()
+    value = attach_head(ivg_jax.init_model(cfg, seed=2), "value", scale=0.1).quantize()
+
+    def search(b, t, v):
+        guidance = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(t, b, 1.0)], explicit=ivg_jax.ExplicitGuide(v),
+                                    token="implicit", chunk="explicit")
+        return ivg_jax.generate(b, [[5, 6, 7], [8, 9]], guidance, ivg_jax.Search(2, 2, 3), max_new_tokens=7, seed=3)
+
+    got = search(base, tuned, value)
+    want = search(*map(_dequantized, (base, tuned, value)))
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-4, atol=1e-5)
+
+
+def test_int8_weights_are_refused_where_float_ones_are_needed(hf_checkpoint, tmp_path):
+    directory, _ = hf_checkpoint("llama-gqa-tied")
+    int8 = ivg_jax.load_model(directory, quantize="int8")
+    with pytest.raises(InputError, match="decode-only; export the float model"):
+        ivg_jax.export_hf(int8, tmp_path / "out")
+    from ivg_jax.training import TrainConfig, train
+    with pytest.raises(InputError, match="decode-only; train the float model"):
+        train(TrainConfig(objective="sft", train_data=str(tmp_path / "none.jsonl"), output_dir=str(tmp_path / "r")),
+              model=int8)
+    with pytest.raises(InputError, match="quantize must be one of"):
+        ivg_jax.load_model(directory, quantize="int4")
+    assert isinstance(int8.params["embed"], Int8Weight)
