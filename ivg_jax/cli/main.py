@@ -98,8 +98,8 @@ DECODE_HELP = {
     "shard_index": "which shard this process decodes (default: the process index)",
     "dtype": "weights as float32 or bfloat16",
     "quantize": "int8: hold every model's projections, vocab heads and embedding as int8 with a scale per output "
-                "channel (a quarter of float32's weight bytes: faster at small batches, where decoding streams "
-                "the weights; results differ from the float models' by the rounding)",
+                "channel (a quarter of float32's weight bytes; for GPU/TPU: on CPU it decodes slower than float; "
+                "results differ from the float models' by the rounding)",
 }
 EVAL_HELP = {
     "input": "decode results (JSONL with prompt and output fields)",

@@ -6,13 +6,17 @@ biases, the KV cache and every accumulation stay in the model's dtype / float32;
 operand is int8, dequantized on the fly: `x @ (values * scale) == (x @ values) * scale` for a scale per output
 column, so the scale is applied once to the product, not to the weight.
 
-Symmetric, per output channel (absmax / 127, the rounding of LLM.int8's weight side and of XLA/TPU int8
-serving): the error of a weight is at most half a step, `scale / 2`. Which weights: every projection of the
+Symmetric, per output channel (absmax / 127): the error of a weight is at most half a step, `scale / 2`. Which weights: every projection of the
 blocks (q, k, v, o, the MLP's or the experts'), the vocab heads, and the token embedding (scaled per vocab row,
 so a lookup and the tied head read the same int8 rows). The MoE router, norms, biases, learned positions and
 the scalar head stay as they are (small, and the router's top-k is sensitive to rounding).
 
 Decode-only: training and export refuse int8 models (one line each) before any work starts.
+
+Where it can pay: accelerators, where XLA can fuse a weight's convert into its matmul (not yet measured here).
+XLA:CPU does not: it converts
+each weight in a loop of its own before a float32 dot and hoists those converts out of the decode loop, so on CPU
+int8 decodes slower than float and holds a float32 copy of the weights while it runs (README, Benchmarks).
 """
 
 from __future__ import annotations
