@@ -35,6 +35,15 @@ PROMPT_WORDS = ("Here is a movie review from imdb: the film was one of the best 
                 "seen this year, with actors who").split()
 
 
+def cpu_name() -> str:
+    """The CPU's model name (hosts of one kind of machine differ: a Xeon one day, an EPYC the next)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def prompts(batch: int) -> list[str]:
     # different lengths, so padding is exercised as in real batches
     return [" ".join(PROMPT_WORDS[: 8 + (i % 8)]) for i in range(batch)]
@@ -80,8 +89,9 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
                   backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
     if quantize:  # peak RSS read before the float model loads: the quantized model's alone
         result["peak_rss_mb_timed"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        result.update(agreement_with_float(model, load_model(model_dir or default_model_path(), dtype=dtype), p,
-                                           new_tokens))
+        float_model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer)
+        result["float_seconds"] = time_complete(float_model, p, new_tokens, repeats)[1]  # side by side, same run
+        result.update(agreement_with_float(model, float_model, p, new_tokens))
     return result
 
 
@@ -206,11 +216,11 @@ def main() -> None:
                   f"{res[fw]['decode_tok_s']:8.1f})  compile {res[fw]['compile_s']:5.1f}s  "
                   f"ttft {res[fw]['ttft_s'] * 1000:7.1f} ms  peak {res[fw]['peak_rss_mb']:6.0f} MB RSS, "
                   f"{res[fw]['device_peak_mb']:6.0f} MB device"
-                  + (f"  vs float: top-1 {res[fw]['top1_agree']:.1%}, KL {res[fw]['kl']:.4f}"
-                     if "kl" in res[fw] else ""),
+                  + (f"  vs float: top-1 {res[fw]['top1_agree']:.1%}, KL {res[fw]['kl']:.4f}, float "
+                     f"{batch * args.new_tokens / res[fw]['float_seconds']:.1f} tok/s" if "kl" in res[fw] else ""),
                   flush=True)
         rows.append((batch, res))
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     gpu = rows[0][1]["ivg-jax"]["backend"] == "gpu"
     mem = "device peak" if gpu else "peak RSS"
     weights = f"random weights in {args.model}" if args.randomize else (args.model or "the embedded GGUF")
@@ -231,6 +241,9 @@ def main() -> None:
         f"| TTFT ivg-jax / HF ms | {mem} ivg-jax / HF MB |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    if args.quantize:
+        lines[2] = lines[2].rstrip() + " ivg-jax float tok/s | int8 / float |"
+        lines[3] += "---:|---:|"
     for batch, r in rows:
         a, b = r["ivg-jax"], r["transformers"]
         lines.append(f"| {batch} | {a['tok_s']:.1f} / {b['tok_s']:.1f} | {a['tok_s'] / b['tok_s']:.2f}x | "
@@ -238,7 +251,9 @@ def main() -> None:
                      f"{a['decode_tok_s'] / b['decode_tok_s']:.2f}x | "
                      f"{a['compile_s']:.1f} | {a['ttft_s'] * 1000:.0f} / {b['ttft_s'] * 1000:.0f} | "
                      + (f"{a['device_peak_mb']:.0f} / {b['device_peak_mb']:.0f} |" if gpu
-                        else f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |"))
+                        else f"{a['peak_rss_mb']:.0f} / {b['peak_rss_mb']:.0f} |")
+                     + (f" {batch * args.new_tokens / a['float_seconds']:.1f} | "
+                        f"{a['float_seconds'] / a['seconds']:.2f}x |" if args.quantize else ""))
     report("\n" + "\n".join(lines), args.out)
 
 
