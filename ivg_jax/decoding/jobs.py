@@ -22,7 +22,7 @@ from pathlib import Path
 from ivg_jax import jsonl
 from ivg_jax.decoding.settings import DecodeSettings
 from ivg_jax.errors import InputError, require_dtype
-from ivg_jax.model.quant import QUANTIZE_CHOICES
+from ivg_jax.model.quant import require_quantize
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,8 +46,7 @@ class DecodeJobConfig(DecodeSettings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.quantize is not None and self.quantize not in QUANTIZE_CHOICES:
-            raise InputError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)} or none; got {self.quantize!r}")
+        require_quantize(self.quantize)
         if self.batch_size < 1:
             raise InputError(f"batch_size must be >= 1; got {self.batch_size}")
         if "implicit" in (self.token, self.chunk) and not (self.tuned and self.reference):

@@ -18,6 +18,7 @@ import numpy as np
 from ivg_jax.config import config_to_hf
 from ivg_jax.loading.layout import rules_for
 from ivg_jax.model.api import Model
+from ivg_jax.model.quant import require_float
 from ivg_jax.model.transformer import per_layer
 
 
@@ -66,11 +67,7 @@ def _save_shard(tensors: dict[str, np.ndarray], path: Path) -> None:
 
 def export_hf(model: Model, directory: str | Path, max_shard_bytes: int = 2 << 30) -> Path:
     """Writes `directory` with config.json, model.safetensors (or shards + index) and the tokenizer."""
-    if model.quantized:
-        from ivg_jax.errors import InputError
-
-        raise InputError(f"{model.source} holds int8 weights, which are decode-only; export the float model "
-                         "(load it without quantize)")
+    require_float(model, "export")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     _require_room(out, model)

@@ -80,14 +80,14 @@ def _place(buffer: np.ndarray, axes, mesh, rules) -> jax.Array:
 
 def _place_weight(buffer: np.ndarray, path: tuple[str, ...], axes, cfg: ModelConfig, quantize: str | None, mesh,
                   rules):
-    """One parameter (a stack or one layer's slice) placed as it is, or as an `Int8Weight` whose scale gets
-    the weight's sharding on its kept axes."""
+    """One parameter (a stack or one layer's slice) placed as it is, or as an `Int8Weight` whose values and
+    scale take the weight's logical axes (a mesh axis is dropped on the scale's size-1 contracted axes, as on
+    any dimension it does not divide)."""
     contracted = quant.contracted_axes(path, buffer.ndim, cfg.is_moe) if quantize else None
     if contracted is None:
         return _place(buffer, axes, mesh, rules)
     weight = quant.quantize_int8(buffer, contracted)
-    scale_axes = tuple(None if i in contracted else a for i, a in enumerate(axes))
-    return quant.Int8Weight(_place(weight.values, axes, mesh, rules), _place(weight.scale, scale_axes, mesh, rules))
+    return quant.Int8Weight(_place(weight.values, axes, mesh, rules), _place(weight.scale, axes, mesh, rules))
 
 
 def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
@@ -226,8 +226,7 @@ def load_model(path_or_id: str | os.PathLike, dtype="float32", mesh=None, rules=
     each quantized as it is read.
     """
     dtype = _resolve_dtype(dtype)
-    if quantize is not None and quantize not in quant.QUANTIZE_CHOICES:
-        raise InputError(f"quantize must be one of {quant.QUANTIZE_CHOICES} or None; got {quantize!r}")
+    quant.require_quantize(quantize)
     kind, path = _locate(path_or_id)
     if kind == "gguf":
         return _load_gguf(path, dtype, mesh, rules, tokenizer, progress, per_layer, quantize)

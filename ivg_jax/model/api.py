@@ -46,10 +46,9 @@ class Model:
         """The model with its projections, vocab heads and embedding as int8 weights with a float scale per
         output channel (`ivg_jax.model.quant`): a quarter of float32's bytes per decode step. Decode-only;
         the float weights are not kept (load again to train or export)."""
-        if kind not in quant.QUANTIZE_CHOICES:
-            raise InputError(f"quantize must be one of {quant.QUANTIZE_CHOICES}; got {kind!r}")
+        quant.require_quantize(kind, optional=False)
         return dataclasses.replace(self, params=quant.quantize_params(self.params, self.config.is_moe),
-                                   source=self.source if self.quantized else f"{self.source} (int8)")
+                                   source=self.source if self.quantized else f"{self.source} ({kind})")
 
     @property
     def per_layer(self) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ivg_jax.config import ModelConfig
-from ivg_jax.model.quant import dense, is_quantized, matmul_f32
+from ivg_jax.model.quant import dense, matmul_f32, matrix
 
 # Finite, so rows with no visible key (padding queries) give a uniform softmax instead of NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -120,8 +120,7 @@ def _read_prefix(probs: jax.Array, dtype, *, by_prompt: tuple[int, int], prefix_
 
 def _dense_heads(x: jax.Array, w) -> jax.Array:
     """x [B, T, D] @ w [D, heads, H] -> [B, T, heads, H]."""
-    matrix = w.matrix(1) if is_quantized(w) else w.reshape(w.shape[0], -1)
-    return mm(x, matrix).reshape(*x.shape[:2], *w.shape[1:])
+    return mm(x, matrix(w, 1)).reshape(*x.shape[:2], *w.shape[1:])
 
 
 class Attention(nnx.Module):
@@ -209,8 +208,7 @@ class Attention(nnx.Module):
         dtype = jnp.float32 if len(segments) > 1 else None  # several segments' outputs are summed in float32
         out = sum(read(part, dtype) for (_, _, read), part in zip(segments, jnp.split(probs, ends, axis=-1)))
         out = out.transpose(0, 3, 1, 2, 4).reshape(b, t, cfg.n_heads, cfg.head_dim).astype(x.dtype)
-        o = self.o.get_value()
-        y = mm(out.reshape(b, t, -1), o.matrix(2) if is_quantized(o) else o.reshape(-1, o.shape[-1]))
+        y = mm(out.reshape(b, t, -1), matrix(self.o.get_value(), 2))
         if cfg.attn_out_bias:
             y = y + self.o_bias[...]
         if write_at is not None:

@@ -6,10 +6,11 @@ biases, the KV cache and every accumulation stay in the model's dtype / float32;
 operand is int8, dequantized on the fly: `x @ (values * scale) == (x @ values) * scale` for a scale per output
 column, so the scale is applied once to the product, not to the weight.
 
-Symmetric, per output channel (absmax / 127): the error of a weight is at most half a step, `scale / 2`. Which weights: every projection of the
-blocks (q, k, v, o, the MLP's or the experts'), the vocab heads, and the token embedding (scaled per vocab row,
-so a lookup and the tied head read the same int8 rows). The MoE router, norms, biases, learned positions and
-the scalar head stay as they are (small, and the router's top-k is sensitive to rounding).
+Symmetric, per output channel (absmax / 127): the error of a weight is at most half a step, `scale / 2`.
+Which weights: every projection of the blocks (q, k, v, o, the MLP's or the experts'), the vocab heads, and the
+token embedding (scaled per vocab row, so a lookup and the tied head read the same int8 rows). The MoE router,
+norms, biases, learned positions and the scalar head stay as they are (small, and the router's top-k is
+sensitive to rounding).
 
 Decode-only: training and export refuse int8 models (one line each) before any work starts.
 
@@ -28,7 +29,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ivg_jax.errors import InputError
+
 QUANTIZE_CHOICES = ("int8",)
+
+
+def require_quantize(kind, optional: bool = True) -> None:
+    """One line for an unknown quantization (None, no quantization, only where `optional`)."""
+    if (kind is None and optional) or kind in QUANTIZE_CHOICES:
+        return
+    raise InputError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}{' or none' if optional else ''}; "
+                     f"got {kind!r}")
+
+
+def require_float(model, action: str) -> None:
+    """Refuses an int8 model where float weights are needed (`action`: "train", "export")."""
+    if model.quantized:
+        raise InputError(f"{model.source} holds int8 weights, which are decode-only; {action} the float model "
+                         "(load it without quantize)")
 
 
 @jax.tree_util.register_dataclass
@@ -66,6 +84,14 @@ class Int8Weight:
 
 def is_quantized(x) -> bool:
     return isinstance(x, Int8Weight)
+
+
+def matrix(w, n_in: int):
+    """A weight whose first `n_in` axes are its input as `[in, out]`, float or `Int8Weight` (`Int8Weight.matrix`):
+    plain 2-D matmuls, since XLA:CPU would otherwise copy the weight into a new layout."""
+    if is_quantized(w):
+        return w.matrix(n_in)
+    return w.reshape(int(np.prod(w.shape[:n_in])), -1)
 
 
 def leaves(tree) -> list:

@@ -28,6 +28,7 @@ import numpy as np
 from ivg_jax.errors import CheckpointError, InputError, check_template, require_dtype, require_finite, require_positive
 from ivg_jax.guidance import same_vocabulary
 from ivg_jax.model.api import Model, abstract_model, attach_head
+from ivg_jax.model.quant import require_float
 from ivg_jax.sharding import DEFAULT_RULES, make_mesh, settle, to_host
 from ivg_jax.training import data as data_lib
 from ivg_jax.training.checkpoint import Checkpoints
@@ -180,9 +181,8 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     config again resumes exactly where it stopped.
     """
     for given in (model, reference):
-        if given is not None and given.quantized:
-            raise InputError(f"{given.source} holds int8 weights, which are decode-only; train the float model "
-                             "(load it without quantize)")
+        if given is not None:
+            require_float(given, "train")
     objective = Objective(cfg.objective, cfg.beta, cfg.label_smoothing)
     kind = DATA_KIND[cfg.objective]
     # Cheap checks first: schemas before any model is loaded.
