@@ -79,7 +79,8 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
     from ivg_jax.decoding.plain import complete
     from ivg_jax.defaults import default_model_path
 
-    model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer, quantize=quantize)
+    source = model_dir or default_model_path()
+    model = load_model(source, dtype=dtype, per_layer=per_layer, quantize=quantize)
     p = prompts(batch)
     first, steady, out = time_complete(model, p, new_tokens, repeats)
     _, _, ttft = timed(lambda: complete(model, p, max_new_tokens=1, stop_ids=[]), repeats)  # 1st call compiles
@@ -89,23 +90,21 @@ def run_ours(batch: int, new_tokens: int, repeats: int, dtype: str, model_dir: s
                   backend=jax.default_backend(), device_peak_mb=stats.get("peak_bytes_in_use", 0) / 2**20)
     if quantize:  # peak RSS read before the float model loads: the quantized model's alone
         result["peak_rss_mb_timed"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        float_model = load_model(model_dir or default_model_path(), dtype=dtype, per_layer=per_layer)
-        result["float_seconds"] = time_complete(float_model, p, new_tokens, repeats)[1]  # side by side, same run
-        result.update(agreement_with_float(model, float_model, p, new_tokens))
+        float_model = load_model(source, dtype=dtype, per_layer=per_layer)
+        _, result["float_seconds"], greedy = time_complete(float_model, p, new_tokens, repeats)  # same run
+        result.update(agreement_with_float(model, float_model, greedy.tokens))
     return result
 
 
-def agreement_with_float(quantized, float_model, texts: list[str], new_tokens: int) -> dict:
-    """Teacher-forced on the float model's greedy continuations of `texts`: how often the quantized model's top
-    token is the float model's, and the mean KL(float || quantized) of their next-token distributions (greedy
-    paths themselves part at the first near-tie, which says little about the rounding)."""
+def agreement_with_float(quantized, float_model, tokens) -> dict:
+    """Teacher-forced on the float model's greedy continuations `tokens` [batch, new tokens]: how often the
+    quantized model's top token is the float model's, and the mean KL(float || quantized) of their next-token
+    distributions (greedy paths themselves part at the first near-tie, which says little about the rounding)."""
     import jax
     import numpy as np
 
     from ivg_jax import forward
-    from ivg_jax.decoding.plain import complete
 
-    tokens = complete(float_model, texts, max_new_tokens=new_tokens, stop_ids=[]).tokens
     f, q = (np.asarray(jax.nn.log_softmax(forward(m, tokens), axis=-1)) for m in (float_model, quantized))
     kl = (np.exp(f) * (f - q)).sum(-1)
     return dict(top1_agree=float((f.argmax(-1) == q.argmax(-1)).mean()), kl=float(kl.mean()))
