@@ -110,5 +110,7 @@ def test_example_runs(lang, body, directives, workspace, request):
     else:
         raise AssertionError(f"{where}: a ```{lang} block; mark it with a doctest directive or give it a language")
     env = {**os.environ, **directives["env"], "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    if "XLA_FLAGS" in directives["env"]:  # the block's flags join the suite's (conftest), not replace them
+        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {directives['env']['XLA_FLAGS']}".strip()
     proc = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{where} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
