@@ -10,9 +10,11 @@ from typing import Any, Literal
 
 from ivg_jax.errors import UnsupportedError
 
-Family = Literal["gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3"]
+Family = Literal["gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3"]
 Head = Literal["lm", "value", "scalar"]
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")
+# Gemma-3's text-only checkpoints say "gemma3_text"; the family is "gemma3".
+_FAMILY_OF_MODEL_TYPE = {"gemma3_text": "gemma3"}
 ACTIVATIONS = ("silu", "swish", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu", "relu")
 
 
@@ -53,6 +55,14 @@ class ModelConfig:
     rope_theta: float = 10000.0
     rope_scaling: RopeScaling | None = None
     sliding_window: int | None = None
+    sliding_layers: tuple[bool, ...] | None = None  # which blocks the window applies to (None: every block)
+    local_rope_theta: float | None = None  # the windowed blocks' rotary base, unscaled (Gemma-3's local layers)
+    embed_scale: bool = False  # embeddings times sqrt(D), rounded to the model dtype (Gemma)
+    norm_offset: bool = False  # RMSNorm scales by 1 + weight, in float32 (Gemma)
+    sandwich_norms: bool = False  # attention and MLP outputs are normed before the residual add (Gemma-2/3)
+    query_scale: float | None = None  # attention score scale (default head_dim ** -0.5)
+    attn_softcap: float | None = None  # scores -> cap * tanh(scores / cap) before the mask (Gemma-2)
+    logit_softcap: float | None = None  # the LM head's logits, likewise (Gemma-2)
     n_experts: int = 0
     experts_per_token: int = 0
     tie_embeddings: bool = False
@@ -70,6 +80,20 @@ class ModelConfig:
             raise UnsupportedError(f"head={self.head!r}; choose 'lm', 'value' or 'scalar'")
         if self.activation not in ACTIVATIONS:
             raise UnsupportedError(f"activation {self.activation!r} is not supported; supported: {ACTIVATIONS}")
+        if self.sliding_layers is not None and len(self.sliding_layers) != self.n_layers:
+            raise UnsupportedError(f"sliding_layers names {len(self.sliding_layers)} blocks; the model has "
+                                   f"{self.n_layers}")
+
+    @property
+    def layers_differ(self) -> bool:
+        """Whether blocks differ in their attention (window, rotary base): the block stack then reads its layer's
+        row of those per-layer settings (`window_of_layers`, `rope_inverse_frequencies`)."""
+        return self.sliding_window is not None and self.sliding_layers is not None and len(set(self.sliding_layers)) > 1
+
+    def window_of_layers(self) -> tuple[int | None, ...]:
+        """Each block's sliding window (None: full attention)."""
+        windowed = self.sliding_layers or (True,) * self.n_layers
+        return tuple(self.sliding_window if w else None for w in windowed)
 
     @property
     def is_moe(self) -> bool:
@@ -135,6 +159,10 @@ def _head_from_hf(cfg: dict[str, Any]) -> Head:
 def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Translates a transformers `config.json` dict. Raises `UnsupportedError` naming the model type."""
     model_type = cfg.get("model_type")
+    if model_type == "gemma3":
+        raise UnsupportedError(
+            f"{source}: a Gemma-3 image-text checkpoint (model_type 'gemma3'); ivg-jax reads Gemma-3's text model "
+            "(Gemma3ForCausalLM, model_type 'gemma3_text', e.g. gemma-3-1b) — use a text-only checkpoint")
     if model_type not in SUPPORTED_MODEL_TYPES:
         archs = cfg.get("architectures")
         raise UnsupportedError(
@@ -162,6 +190,8 @@ def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelCon
             mlp="gelu", activation=cfg.get("activation_function", "gelu_new"), attn_bias=True, attn_out_bias=True,
             mlp_bias=True, positions="learned", max_positions=int(cfg.get("n_positions", 1024)),
             tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
+    if model_type in ("gemma", "gemma2", "gemma3_text"):
+        return _gemma_from_hf(cfg, model_type, source, common)
     d = int(cfg["hidden_size"])
     n = int(cfg["num_attention_heads"])
     theta, scaling = _rope_from_hf(cfg)
@@ -189,8 +219,62 @@ def config_from_hf(cfg: dict[str, Any], source: str = "config.json") -> ModelCon
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)), **common)
 
 
+def _gemma_from_hf(cfg: dict[str, Any], model_type: str, source: str, common: dict) -> ModelConfig:
+    """Gemma (1), Gemma-2 (soft-capped scores and logits, every other block windowed) and Gemma-3's text model
+    (q/k norms, five windowed blocks with their own rotary base to each global one). All scale embeddings by
+    sqrt(D), norm with 1 + weight, and gate the MLP with tanh-GELU."""
+    family = _FAMILY_OF_MODEL_TYPE.get(model_type, model_type)
+    n_layers = int(cfg["num_hidden_layers"])
+    act = cfg.get("hidden_activation") or cfg.get("hidden_act") or "gelu_pytorch_tanh"
+    if act not in ACTIVATIONS:
+        raise UnsupportedError(f"{source}: hidden_activation={act!r} is not supported; supported: {ACTIVATIONS}")
+    if cfg.get("use_bidirectional_attention"):
+        raise UnsupportedError(f"{source}: use_bidirectional_attention=true (an encoder) is not supported; "
+                               "ivg-jax decodes causal models")
+    local_theta, sliding_layers, window = None, None, None
+    if family == "gemma":
+        theta, scaling = _rope_from_hf(cfg)
+    else:
+        window = cfg.get("sliding_window")
+        period = 2 if family == "gemma2" else int(cfg.get("sliding_window_pattern", 6))
+        kinds = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % period else "full_attention"
+                                           for i in range(n_layers)]
+        sliding_layers = tuple(k == "sliding_attention" for k in kinds)
+        params = cfg.get("rope_parameters") or {}
+        if family == "gemma3" and "full_attention" in params:  # transformers 5: one rotary per layer kind
+            theta, scaling = _rope_from_hf({"rope_parameters": params["full_attention"]})
+            local_theta = float(params.get("sliding_attention", {}).get("rope_theta", 10000.0))
+        else:
+            theta, scaling = _rope_from_hf({**cfg, "rope_theta": cfg.get("rope_theta", 1e6 if family == "gemma3"
+                                                                           else 10000.0)})
+            local_theta = float(cfg.get("rope_local_base_freq", 10000.0)) if family == "gemma3" else None
+    d = int(cfg["hidden_size"])
+    n = int(cfg["num_attention_heads"])
+    head_dim = int(cfg.get("head_dim") or d // n)
+    scalar = cfg.get("query_pre_attn_scalar")
+    bias = bool(cfg.get("attention_bias", False))
+    return ModelConfig(
+        family=family, d_model=d, n_layers=n_layers, n_heads=n, n_kv_heads=int(cfg.get("num_key_value_heads") or n),
+        head_dim=head_dim, d_ff=int(cfg["intermediate_size"]), norm="rms",
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), mlp="swiglu", activation=act, attn_bias=bias,
+        attn_out_bias=bias, qk_norm=family == "gemma3",
+        positions="rope", max_positions=int(cfg.get("max_position_embeddings", 8192)), rope_theta=theta,
+        rope_scaling=scaling, sliding_window=int(window) if window else None,
+        sliding_layers=sliding_layers if window else None, local_rope_theta=local_theta, embed_scale=True,
+        norm_offset=True, sandwich_norms=family != "gemma",
+        query_scale=float(scalar) ** -0.5 if scalar and family != "gemma" else None,
+        attn_softcap=_cap(cfg.get("attn_logit_softcapping")) if family != "gemma" else None,
+        logit_softcap=_cap(cfg.get("final_logit_softcapping")) if family != "gemma" else None,
+        tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
+
+
+def _cap(value) -> float | None:
+    return float(value) if value else None
+
+
 _HF_ARCH = {"gpt2": "GPT2", "llama": "Llama", "mistral": "Mistral", "mixtral": "Mixtral", "qwen2": "Qwen2",
-            "qwen3": "Qwen3"}
+            "qwen3": "Qwen3", "gemma": "Gemma", "gemma2": "Gemma2", "gemma3": "Gemma3"}
+_MODEL_TYPE_OF_FAMILY = {family: model_type for model_type, family in _FAMILY_OF_MODEL_TYPE.items()}
 
 
 def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
@@ -200,7 +284,7 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         head_suffix = "ForSequenceClassification" if cfg.head == "scalar" else "LMHeadModel"
     out: dict[str, Any] = {
         "architectures": [_HF_ARCH[cfg.family] + head_suffix],
-        "model_type": cfg.family,
+        "model_type": _MODEL_TYPE_OF_FAMILY.get(cfg.family, cfg.family),
         "vocab_size": cfg.vocab_size,
         "bos_token_id": cfg.bos_token_id,
         "eos_token_id": list(cfg.eos_token_ids) if len(cfg.eos_token_ids) > 1 else
@@ -223,6 +307,8 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         if s.kind == "llama3":
             rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
                         original_max_position_embeddings=s.original_max_positions)
+    if cfg.family.startswith("gemma"):
+        return {**out, **_gemma_to_hf(cfg, rope)}
     out.update(hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
                rms_norm_eps=cfg.norm_eps, hidden_act="silu", max_position_embeddings=cfg.max_positions,
@@ -235,6 +321,26 @@ def config_to_hf(cfg: ModelConfig) -> dict[str, Any]:
         out["sliding_window"] = cfg.sliding_window
     if cfg.family == "mixtral":
         out.update(num_local_experts=cfg.n_experts, num_experts_per_tok=cfg.experts_per_token)
+    return out
+
+
+def _gemma_to_hf(cfg: ModelConfig, rope: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = dict(
+        hidden_size=cfg.d_model, num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads, head_dim=cfg.head_dim, intermediate_size=cfg.d_ff,
+        rms_norm_eps=cfg.norm_eps, hidden_activation=cfg.activation, max_position_embeddings=cfg.max_positions,
+        attention_bias=cfg.attn_bias, rope_parameters=rope, rope_theta=cfg.rope_theta)
+    if cfg.family == "gemma":
+        return out
+    scalar = (cfg.query_scale or cfg.head_dim ** -0.5) ** -2  # transformers' config holds it as an int
+    out.update(sliding_window=cfg.sliding_window, query_pre_attn_scalar=int(round(scalar)),
+               attn_logit_softcapping=cfg.attn_softcap, final_logit_softcapping=cfg.logit_softcap)
+    if cfg.sliding_layers is not None:
+        out["layer_types"] = ["sliding_attention" if w else "full_attention" for w in cfg.sliding_layers]
+    if cfg.family == "gemma3":
+        out["rope_parameters"] = {"full_attention": rope, "sliding_attention": {
+            "rope_type": "default", "rope_theta": cfg.local_rope_theta or cfg.rope_theta}}
+        out.pop("rope_theta")
     return out
 
 

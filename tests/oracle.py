@@ -42,6 +42,22 @@ FAMILIES = {
     "qwen3-qk-norm": ("Qwen3Config", "Qwen3ForCausalLM",
                       dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
                            num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, tie_word_embeddings=False)),
+    "gemma-geglu": ("GemmaConfig", "GemmaForCausalLM",
+                    dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=1, head_dim=8, vocab_size=VOCAB)),
+    "gemma2-softcap-window": ("Gemma2Config", "Gemma2ForCausalLM",
+                              dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                   num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, sliding_window=4,
+                                   # caps far below the real 50 and 30: random-init scores are ~1e-2
+                                   query_pre_attn_scalar=4, attn_logit_softcapping=0.02,
+                                   final_logit_softcapping=0.8)),
+    "gemma3-local-global": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                            dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                                 num_key_value_heads=2, head_dim=16, vocab_size=VOCAB, sliding_window=4,
+                                 sliding_window_pattern=2, rope_parameters={
+                                     "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                                 tie_word_embeddings=False)),
 }
 
 

@@ -75,6 +75,10 @@ def test_unsupported_architecture(llama_dir):
     (llama_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedError, match=r"model_type='bert'.*gpt2, llama, mistral, mixtral"):
         ivg_jax.load_model(llama_dir)
+    config["model_type"] = "gemma3"  # the image-text model: its text weights sit under another prefix
+    (llama_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match=r"image-text.*gemma3_text"):
+        ivg_jax.load_model(llama_dir)
 
 
 def test_remote_code_is_never_executed(llama_dir, tmp_path):

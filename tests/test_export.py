@@ -29,7 +29,7 @@ def test_export_round_trip(hf_checkpoint, tmp_path, name):
     np.testing.assert_array_equal(np.asarray(ivg_jax.forward(again, ids, mask)), ours)
 
 
-@pytest.mark.parametrize("name", ["gpt2", "mixtral-4experts"])
+@pytest.mark.parametrize("name", ["gpt2", "mixtral-4experts", "gemma2-softcap-window"])
 def test_per_layer_load_holds_the_stacked_weights_and_exports_them(hf_checkpoint, tmp_path, name):
     """`load_model(per_layer=True)` (fused GPT-2 q/k/v, MoE experts): each block's arrays are that
     layer of the stacked load, the forward is the same, and its export is the stacked model's export."""

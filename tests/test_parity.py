@@ -1,5 +1,7 @@
 """Our logits equal transformers' for every family, padded either side, and cached decoding equals a full forward."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from conftest import ALL_FAMILIES
@@ -7,6 +9,7 @@ from oracle import hf_logits, pad_batch, random_rows
 
 import ivg_jax
 from ivg_jax.model import extend, prefill, step
+from ivg_jax.model.api import init_model
 from ivg_jax.model.layers import rope_inverse_frequencies
 
 LENGTHS = [9, 5, 1, 12]  # 12 > the Mistral window (4); 1 exercises a row that is almost all padding
@@ -37,6 +40,24 @@ def test_rope_scaling_is_exercised(hf_checkpoint):
     plain = rope_inverse_frequencies(model.config.replace(rope_scaling=None))
     assert model.config.rope_scaling.kind == "llama3"
     assert np.abs(scaled - plain).max() > 1e-3 * plain.max()
+
+
+@pytest.mark.parametrize("name,options", [
+    ("gemma2-softcap-window", dict(attn_softcap=None, logit_softcap=None, sliding_layers=None, query_scale=None,
+                                   embed_scale=False, norm_offset=False)),
+    ("gemma3-local-global", dict(local_rope_theta=None, rope_scaling=None, sliding_layers=None, query_scale=None))])
+def test_gemma_options_are_exercised(hf_checkpoint, name, options):
+    """The Gemma parity cases would not catch a dropped option: without any one of them (the window on every
+    block instead of alternate ones, for `sliding_layers`) the logits miss transformers' by far more than the
+    tolerance the parity tests allow."""
+    directory, hf = hf_checkpoint(name)
+    model = ivg_jax.load_model(directory)
+    row = random_rows([12], seed=1)[0]
+    reference = hf_logits(hf, row)
+    for option, value in options.items():
+        changed = dataclasses.replace(init_model(model.config.replace(**{option: value})), params=model.params)
+        miss = np.abs(np.asarray(ivg_jax.forward(changed, [row]))[0] - reference).max()
+        assert miss > 10 * tolerance(reference), option
 
 
 @pytest.mark.parametrize("name", ALL_FAMILIES)

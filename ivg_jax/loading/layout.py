@@ -88,9 +88,14 @@ def _llama_rules(cfg: ModelConfig) -> list[Rule]:
     rules = [
         Rule(("embed",), "model.embed_tokens.weight", "copy"),
         Rule(("blocks", "attn_norm", "scale"), layer + "input_layernorm.weight", "copy", 0),
-        Rule(("blocks", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", "copy", 0),
         Rule(("final_norm", "scale"), "model.norm.weight", "copy", 0),
     ]
+    if cfg.sandwich_norms:  # Gemma-2/3: "post_attention" is the attention output's norm, not the MLP input's
+        rules += [Rule(("blocks", "attn_post_norm", "scale"), layer + "post_attention_layernorm.weight", "copy", 0),
+                  Rule(("blocks", "mlp_norm", "scale"), layer + "pre_feedforward_layernorm.weight", "copy", 0),
+                  Rule(("blocks", "mlp_post_norm", "scale"), layer + "post_feedforward_layernorm.weight", "copy", 0)]
+    else:
+        rules.append(Rule(("blocks", "mlp_norm", "scale"), layer + "post_attention_layernorm.weight", "copy", 0))
     for name in "qkv":
         rules.append(Rule(("blocks", "attn", name), layer + f"self_attn.{name}_proj.weight", "linear"))
         if cfg.attn_bias:

@@ -46,12 +46,14 @@ def _param(rngs: nnx.Rngs, shape, dtype, axes, scale: float = 0.02, init: str = 
 
 
 class Norm(nnx.Module):
-    """RMSNorm (Llama family) or LayerNorm (GPT-2), computed in float32 like the HF references."""
+    """RMSNorm (Llama family; Gemma's scales by 1 + weight in float32) or LayerNorm (GPT-2), computed in float32
+    like the HF references."""
 
     def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs, size: int | None = None):
         """Over the last axis, of `size` (default D; H for Qwen3's per-head query / key norms)."""
         self.kind = cfg.norm
         self.eps = cfg.norm_eps
+        self.offset = cfg.norm_offset
         self.scale = _param(rngs, (size or cfg.d_model,), dtype, ("norm",), init="ones")
         if cfg.norm == "layer":
             self.bias = _param(rngs, (size or cfg.d_model,), dtype, ("norm",), init="zeros")
@@ -60,6 +62,8 @@ class Norm(nnx.Module):
         x32 = x.astype(jnp.float32)
         if self.kind == "rms":
             y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+            if self.offset:
+                return (y * (1.0 + self.scale[...].astype(jnp.float32))).astype(x.dtype)
             return self.scale[...] * y.astype(x.dtype)
         mean = jnp.mean(x32, axis=-1, keepdims=True)
         var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
@@ -67,13 +71,16 @@ class Norm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rope_inverse_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """[H/2] float32 inverse frequencies, with linear or Llama-3 rescaling applied (as transformers does)."""
+def rope_inverse_frequencies(cfg: ModelConfig, local: bool = False) -> np.ndarray:
+    """[H/2] float32 inverse frequencies, with linear or Llama-3 rescaling applied (as transformers does).
+    `local`: those of the windowed blocks where they have a base of their own (Gemma-3; never rescaled)."""
     h = cfg.head_dim
-    inv = (1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, h, 2, dtype=np.float32) / np.float32(h))))
+    local = local and cfg.local_rope_theta is not None
+    theta = cfg.local_rope_theta if local else cfg.rope_theta
+    inv = (1.0 / (np.float32(theta) ** (np.arange(0, h, 2, dtype=np.float32) / np.float32(h))))
     inv = inv.astype(np.float32)
     s = cfg.rope_scaling
-    if s is None:
+    if s is None or local:
         return inv
     if s.kind == "linear":
         return (inv / np.float32(s.factor)).astype(np.float32)
@@ -96,8 +103,27 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.A
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-def visible(q_pos: jax.Array, k_pos: jax.Array, window: int | None) -> jax.Array:
-    """[B, T, S] which keys each query sees: a real key, not in the future, inside the sliding window."""
+FULL_WINDOW = 2 ** 30  # a block without a window, in a stack where other blocks have one
+
+
+def layer_attention(cfg: ModelConfig) -> tuple[np.ndarray | None, np.ndarray]:
+    """Each block's rotary inverse frequencies [layers, H/2] (None without rotary) and sliding window [layers]
+    (int32; a window longer than any sequence where a block attends to everything)."""
+    windows = cfg.window_of_layers()
+    inv = None
+    if cfg.positions == "rope":
+        inv = np.stack([rope_inverse_frequencies(cfg, local=w is not None) for w in windows])
+    return inv, np.array([w if w is not None else FULL_WINDOW for w in windows], np.int32)
+
+
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+    """cap * tanh(x / cap) (Gemma-2's bound on attention scores and logits); x unchanged without a cap."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def visible(q_pos: jax.Array, k_pos: jax.Array, window) -> jax.Array:
+    """[B, T, S] which keys each query sees: a real key, not in the future, inside the sliding window (an int,
+    a traced int32 scalar: the block's row of `layer_attention`, or None)."""
     q = q_pos[:, :, None]
     k = k_pos[:, None, :]
     ok = (k >= 0) & (k <= q)
@@ -155,8 +181,8 @@ class Attention(nnx.Module):
         return q, k, v
 
     def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None,
-                 write_at=None):
-        """Attends the T new tokens to the cached slots and to each other.
+                 write_at=None, window=None):
+        """Attends the T new tokens to the cached slots and to each other, inside this block's sliding `window`.
 
         x: [B, T, D]; positions: [B, T] (-1 = padding); cache_k/v: [B, Nkv, S, H] or None; cache_pos: [B, S].
         `prefix`: (k, v [P, Nkv, Sp, H], pos [P, Sp]), slots every one of a prompt's B/P consecutive rows reads
@@ -177,7 +203,8 @@ class Attention(nnx.Module):
             cache_k, cache_v = (jax.lax.dynamic_update_slice(held, new.transpose(0, 2, 1, 3).astype(held.dtype),
                                                              (0, 0, write_at, 0))
                                 for held, new in ((cache_k, k), (cache_v, v)))
-        q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(cfg.head_dim ** -0.5, q.dtype)
+        scale = cfg.query_scale if cfg.query_scale is not None else cfg.head_dim ** -0.5
+        q = q.reshape(b, t, cfg.n_kv_heads, g, cfg.head_dim) * jnp.asarray(scale, q.dtype)
         heads = (b, cfg.n_kv_heads, g, t)
         # The keys in slot order: the shared prompt, the row's cache, the new tokens. Each segment is (scores
         # [B, Nkv, G, T, S_i], mask [B, T, S_i], its values read by its probabilities -> [B, Nkv, G, T, H]).
@@ -191,16 +218,16 @@ class Attention(nnx.Module):
             grouped = q.reshape(*by_prompt, *q.shape[1:])  # [P, B/P, T, Nkv, G, H]
             segments.append((
                 einsum("prtkgh,pksh->prkgts", grouped, prefix_k, jnp.float32).reshape(*heads, -1),
-                visible(positions, jnp.repeat(prefix_pos, by_prompt[1], axis=0), cfg.sliding_window),
+                visible(positions, jnp.repeat(prefix_pos, by_prompt[1], axis=0), window),
                 functools.partial(_read_prefix, by_prompt=by_prompt, prefix_v=prefix_v)))
         if cache_k is not None:
             segments.append((einsum("btkgh,bksh->bkgts", q, cache_k, jnp.float32),
-                             visible(positions, cache_pos, cfg.sliding_window),
+                             visible(positions, cache_pos, window),
                              lambda probs, dtype: einsum("bkgts,bksh->bkgth", probs, cache_v, dtype)))
         segments.append((einsum("btkgh,bskh->bkgts", q, k, jnp.float32),
-                         visible(positions, positions, cfg.sliding_window),
+                         visible(positions, positions, window),
                          lambda probs, dtype: einsum("bkgts,bskh->bkgth", probs, v, dtype)))
-        scores = jnp.concatenate([seg[0] for seg in segments], axis=-1)
+        scores = softcap(jnp.concatenate([seg[0] for seg in segments], axis=-1), cfg.attn_softcap)
         mask = jnp.concatenate([seg[1] for seg in segments], axis=-1)
         scores = jnp.where(mask[:, None, None], scores, MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(x.dtype)
@@ -300,17 +327,24 @@ class MoE(nnx.Module):
 
 
 class Block(nnx.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.))."""
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(.)); with `sandwich_norms` (Gemma-2/3) each
+    sublayer's output is normed too before it is added."""
 
     def __init__(self, cfg: ModelConfig, dtype, *, rngs: nnx.Rngs):
         self.attn_norm = Norm(cfg, dtype, rngs=rngs)
         self.attn = Attention(cfg, dtype, rngs=rngs)
         self.mlp_norm = Norm(cfg, dtype, rngs=rngs)
         self.mlp = MoE(cfg, dtype, rngs=rngs) if cfg.is_moe else MLP(cfg, dtype, rngs=rngs)
+        self.sandwich = cfg.sandwich_norms
+        if cfg.sandwich_norms:
+            self.attn_post_norm = Norm(cfg, dtype, rngs=rngs)
+            self.mlp_post_norm = Norm(cfg, dtype, rngs=rngs)
 
     def __call__(self, x, positions, inv_freq, cache_k=None, cache_v=None, cache_pos=None, prefix=None,
-                 write_at=None):
-        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos, prefix, write_at)
-        x = x + y
-        x = x + self.mlp(self.mlp_norm(x))
+                 write_at=None, window=None):
+        y, k, v = self.attn(self.attn_norm(x), positions, inv_freq, cache_k, cache_v, cache_pos, prefix, write_at,
+                            window)
+        x = x + (self.attn_post_norm(y) if self.sandwich else y)
+        y = self.mlp(self.mlp_norm(x))
+        x = x + (self.mlp_post_norm(y) if self.sandwich else y)
         return x, k, v

@@ -15,7 +15,7 @@ from flax import nnx
 from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
-from ivg_jax.model.layers import Block, Norm, _param, rope_inverse_frequencies
+from ivg_jax.model.layers import Block, Norm, _param, layer_attention, softcap
 from ivg_jax.model.quant import matmul_f32, take_rows
 
 
@@ -84,7 +84,8 @@ class Transformer(nnx.Module):
         layer) each block writes its new slots into its own buffer and the tuples are the updated buffers
         [B, Nkv, S, H] (`KVCache.advance`), else the new k and v [B, Nkv, T, H].
         """
-        inv_freq = jnp.asarray(rope_inverse_frequencies(self.cfg)) if self.cfg.positions == "rope" else None
+        inv_freqs, windows = layer_attention(self.cfg)
+        differ = self.cfg.layers_differ  # then each scan step reads its block's row of the two tables
         graphdef, block_params = nnx.split(self.blocks)
         whole = (start, stop) == (0, self.cfg.n_layers)
         by_index = layers is None and not whole and not copy_weights
@@ -98,15 +99,24 @@ class Transformer(nnx.Module):
                              "a stacked one (as their prefill makes them); this cache is "
                              + ("per-layer" if cache.per_layer else "stacked"))
 
+        def attention_of(i):
+            """Block i's (rotary inverse frequencies, window): i a Python int (unrolled blocks) or traced."""
+            if not differ:
+                return None if inv_freqs is None else jnp.asarray(inv_freqs[0]), self.cfg.window_of_layers()[0]
+            if isinstance(i, int):
+                return None if inv_freqs is None else jnp.asarray(inv_freqs[i]), int(windows[i])
+            return None if inv_freqs is None else jnp.asarray(inv_freqs)[i], jnp.asarray(windows)[i]
+
         def layer(x, scanned):
-            params, cache_k, cache_v, prefix_k, prefix_v = scanned
-            if by_index:  # params is the layer's index
-                params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, params, keepdims=False),
+            params, index, cache_k, cache_v, prefix_k, prefix_v = scanned
+            if by_index:
+                params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
                                       block_params)
             block = nnx.merge(graphdef, params)
             shared = None if prefix is None else (prefix_k, prefix_v, prefix.pos)
+            inv_freq, window = attention_of(index)
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared,
-                            cache.index if write_first else None)
+                            cache.index if write_first else None, window)
             return x, (k, v)
 
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
@@ -114,11 +124,13 @@ class Transformer(nnx.Module):
         if layers is not None:  # the same block step, unrolled over per-layer weights and cache buffers
             ks, vs = [], []
             for i, weights in enumerate(layers[start:stop]):
-                x, (k, v) = layer(x, (weights, *(None if a is None else a[i] for a in (*rows_kv, *prefix_kv))))
+                x, (k, v) = layer(x, (weights, start + i,
+                                      *(None if a is None else a[i] for a in (*rows_kv, *prefix_kv))))
                 ks.append(k)
                 vs.append(v)
             return x, tuple(ks), tuple(vs)
-        scanned = (jnp.arange(start, stop) if by_index else block_params, *rows_kv, *prefix_kv)
+        index = jnp.arange(start, stop) if by_index or differ else None
+        scanned = (None if by_index else block_params, index, *rows_kv, *prefix_kv)
         x, (k, v) = jax.lax.scan(layer, x, scanned)
         return x, k, v
 
@@ -133,6 +145,8 @@ class Transformer(nnx.Module):
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens, positions [B, T] -> the first block's input [B, T, D]."""
         x = take_rows(self.embed.get_value(), tokens)
+        if self.cfg.embed_scale:
+            x = x * jnp.asarray(self.cfg.d_model ** 0.5, x.dtype)
         if self.cfg.positions == "learned":
             x = x + jnp.take(self.pos_embed[...], jnp.maximum(positions, 0), axis=0)
         return x
@@ -152,7 +166,7 @@ class Transformer(nnx.Module):
             w = self.embed.get_value().T
         else:
             w = self.lm_head.get_value()
-        return matmul_f32(h, w)
+        return softcap(matmul_f32(h, w), cfg.logit_softcap if cfg.head == "lm" else None)
 
     def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)
