@@ -60,12 +60,13 @@ def test_gemma_options_are_exercised(hf_checkpoint, name, options):
         assert miss > 10 * tolerance(reference), option
 
 
-@pytest.mark.parametrize("name", ALL_FAMILIES)
+@pytest.mark.parametrize("name,per_layer", [(name, False) for name in ALL_FAMILIES]
+                         + [("gemma2-softcap-window", True)])  # blocks unrolled: each reads its window statically
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_cached_decoding_equals_full_forward(hf_checkpoint, name, side):
+def test_cached_decoding_equals_full_forward(hf_checkpoint, name, per_layer, side):
     """Prefill a padded prompt batch, then feed each row's continuation one token per step (and once as a
     multi-token extend): every step's logits equal one uncached forward over prompt + continuation."""
-    model = ivg_jax.load_model(hf_checkpoint(name)[0])
+    model = ivg_jax.load_model(hf_checkpoint(name)[0], per_layer=per_layer)
     prompts = random_rows([6, 3, 8], seed=2)
     continuation = random_rows([7, 7, 7], seed=3)
     ids, mask = pad_batch(prompts, side)
