@@ -16,6 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ivg_jax.model.quant import Int8Weight, is_quantized
+
 # (logical axis, mesh axis or None): prompts over data; weights, KV heads and vocab over model.
 DEFAULT_RULES: tuple[tuple[str, str | None], ...] = (
     ("batch", "data"),
@@ -90,38 +92,36 @@ def bytes_of(tree: Any) -> int:
     return sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
 
 
+def place(weight, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES):
+    """A weight (an array or an `Int8Weight`) put on `mesh` by its logical axes, or on the default device without
+    a mesh. An int8 weight's values and scale take the same axes: the scale's size-1 contracted axes drop their
+    mesh axis as any dimension one does not divide, so the scale is split like the weight on its kept axes."""
+    if is_quantized(weight):
+        return Int8Weight(place(weight.values, axes, mesh, rules), place(weight.scale, axes, mesh, rules))
+    if mesh is None:
+        return jax.device_put(weight)
+    return jax.device_put(weight, named_sharding(axes, weight.shape, mesh, rules))
+
+
 @functools.lru_cache(maxsize=64)
-def param_shardings(config, dtype, mesh: Mesh, rules=DEFAULT_RULES) -> dict[tuple[str, ...], NamedSharding]:
-    """Flat parameter path -> its NamedSharding on `mesh`, derived once per (config, dtype, mesh): the abstract
-    model is traced only the first time, so repeated `generate` calls on a mesh cost nothing here."""
+def param_axes(config, dtype) -> dict[tuple[str, ...], tuple[str | None, ...]]:
+    """`param_logical_axes` of the model `config` describes, derived once per (config, dtype): the abstract model
+    is traced only the first time, so repeated `generate` calls on a mesh cost nothing here."""
     from ivg_jax.model.api import abstract_model
 
-    _, abstract = abstract_model(config, dtype)
-    shapes = {tuple(path): var.shape for path, var in abstract.flat_state()}
-    return {key: named_sharding(axes, shapes[key], mesh, rules)
-            for key, axes in param_logical_axes(abstract).items()}
+    return param_logical_axes(abstract_model(config, dtype)[1])
 
 
 def shard_params(model, mesh: Mesh, rules=DEFAULT_RULES):
     """The model with every weight placed on its mesh sharding (a no-op placement if already there)."""
-    shardings = param_shardings(model.config, model.dtype, mesh, rules)
+    axes = param_axes(model.config, model.dtype)
 
-    from ivg_jax.model.quant import Int8Weight, is_quantized
-
-    def place(path, leaf):
+    def put_leaf(path, leaf):
         if len(path) > 1 and isinstance(path[1], jax.tree_util.SequenceKey):  # a block of `Model.per_layer`
-            stacked = shardings[("blocks", *(str(p.key) for p in path[2:]))]
-            spec = PartitionSpec(*stacked.spec[1:])
-        else:
-            spec = shardings[tuple(str(p.key) for p in path)].spec
-        if not is_quantized(leaf):
-            return jax.device_put(leaf, NamedSharding(mesh, spec))
-        # The scale keeps the weight's sharding on its kept axes; its contracted axes have size 1.
-        scale_spec = PartitionSpec(*(None if n == 1 else s for n, s in zip(leaf.scale.shape, spec)))
-        return Int8Weight(jax.device_put(leaf.values, NamedSharding(mesh, spec)),
-                          jax.device_put(leaf.scale, NamedSharding(mesh, scale_spec)))
+            return place(leaf, axes[("blocks", *(str(p.key) for p in path[2:]))][1:], mesh, rules)
+        return place(leaf, axes[tuple(str(p.key) for p in path)], mesh, rules)
 
-    return model.with_params(jax.tree_util.tree_map_with_path(place, model.params, is_leaf=is_quantized))
+    return model.with_params(jax.tree_util.tree_map_with_path(put_leaf, model.params, is_leaf=is_quantized))
 
 
 def constrain(x: jax.Array, axes: Sequence[str | None], mesh: Mesh | None, rules=DEFAULT_RULES) -> jax.Array:

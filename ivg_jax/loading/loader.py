@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -27,7 +26,7 @@ from ivg_jax.loading.safetensors_source import PICKLE_SUFFIXES, SafetensorsSourc
 from ivg_jax.model import quant
 from ivg_jax.model.api import Model, abstract_model
 from ivg_jax.progress import tqdm
-from ivg_jax.sharding import DEFAULT_RULES, named_sharding, param_logical_axes
+from ivg_jax.sharding import DEFAULT_RULES, param_logical_axes, place
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -72,22 +71,11 @@ def check_checkpoint(cfg: ModelConfig, source, rules: list[Rule], abstract: dict
             f"{extra[:3]}; the config does not match the weights (layer count, MoE experts, head type).")
 
 
-def _place(buffer: np.ndarray, axes, mesh, rules) -> jax.Array:
-    if mesh is None:
-        return jax.device_put(buffer)
-    return jax.device_put(buffer, named_sharding(axes, buffer.shape, mesh, rules))
-
-
 def _place_weight(buffer: np.ndarray, path: tuple[str, ...], axes, cfg: ModelConfig, quantize: str | None, mesh,
                   rules):
-    """One parameter (a stack or one layer's slice) placed as it is, or as an `Int8Weight` whose values and
-    scale take the weight's logical axes (a mesh axis is dropped on the scale's size-1 contracted axes, as on
-    any dimension it does not divide)."""
+    """One parameter (a stack or one layer's slice) placed as it is, or quantized on the host first."""
     contracted = quant.contracted_axes(path, buffer.ndim, cfg.is_moe) if quantize else None
-    if contracted is None:
-        return _place(buffer, axes, mesh, rules)
-    weight = quant.quantize_int8(buffer, contracted)
-    return quant.Int8Weight(_place(weight.values, axes, mesh, rules), _place(weight.scale, axes, mesh, rules))
+    return place(buffer if contracted is None else quant.quantize_int8(buffer, contracted), axes, mesh, rules)
 
 
 def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=DEFAULT_RULES,
