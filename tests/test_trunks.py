@@ -102,6 +102,25 @@ def test_results_are_bit_identical_to_running_every_model_in_full(models, token,
         np.testing.assert_array_equal(getattr(shared, key), getattr(alone, key), err_msg=key)
 
 
+def test_blocks_with_their_own_windows_keep_them_when_the_trunk_is_shared(monkeypatch):
+    """Per-block windows (a pattern whose top half differs from its bottom half) and Gemma-2's soft caps: the top
+    blocks, run from the shared trunk's output, read their own rows of the per-block window table (not the rows
+    counted from the trunk's end), so the results are those of running every model in full (12 positions
+    against a window of 2)."""
+    cfg = CFG.replace(family="gemma2", sliding_window=2, sliding_layers=(True, True, False, True), embed_scale=True,
+                      norm_offset=True, sandwich_norms=True, attn_softcap=0.05, logit_softcap=5.0)
+    base = init_model(cfg, seed=0)
+    m = {"base": base, "tuned": retrained(base, 3, 1), "value": retrained(attach_head(base, "value", 0.1, 2), 2, 3)}
+    g = ivg(m)
+    assert _trunks(base, g) == (Trunk((0, 1, 2, 3), 2),)
+    shared = ivg_jax.generate(base, PROMPTS, g, ivg_jax.Search(2, 2, 3), max_new_tokens=9, seed=[3, 4, 5])
+    monkeypatch.setattr(engine, "shared_trunks", lambda *a: ())
+    alone = ivg_jax.generate(base, PROMPTS, g, ivg_jax.Search(2, 2, 3), max_new_tokens=9, seed=[3, 4, 5])
+    np.testing.assert_array_equal(shared.tokens, alone.tokens)
+    np.testing.assert_array_equal(shared.scores, alone.scores)
+    np.testing.assert_array_equal(shared.log_ratio, alone.log_ratio)
+
+
 def test_a_guide_equal_to_its_reference_shares_every_block(models, monkeypatch):
     # The whole stack is shared; the members differ only in their heads (here: none at all).
     g = ivg_jax.Guidance(implicit=[ivg_jax.ImplicitGuide(models["base"], models["base"], 1.0)], token="implicit")
