@@ -235,7 +235,7 @@ def _gemma_from_hf(cfg: dict[str, Any], model_type: str, source: str, common: di
     if family == "gemma":
         theta, scaling = _rope_from_hf(cfg)
     else:
-        window = cfg.get("sliding_window")
+        window = cfg.get("sliding_window", 4096)  # absent keys take transformers' defaults
         period = 2 if family == "gemma2" else int(cfg.get("sliding_window_pattern", 6))
         kinds = cfg.get("layer_types") or ["sliding_attention" if (i + 1) % period else "full_attention"
                                            for i in range(n_layers)]
@@ -251,7 +251,7 @@ def _gemma_from_hf(cfg: dict[str, Any], model_type: str, source: str, common: di
     d = int(cfg["hidden_size"])
     n = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or d // n)
-    scalar = cfg.get("query_pre_attn_scalar")
+    scalar = cfg.get("query_pre_attn_scalar", 256)
     bias = bool(cfg.get("attention_bias", False))
     return ModelConfig(
         family=family, d_model=d, n_layers=n_layers, n_heads=n, n_kv_heads=int(cfg.get("num_key_value_heads") or n),
@@ -263,8 +263,8 @@ def _gemma_from_hf(cfg: dict[str, Any], model_type: str, source: str, common: di
         sliding_layers=sliding_layers if window else None, local_rope_theta=local_theta, embed_scale=True,
         norm_offset=True, sandwich_norms=family != "gemma",
         query_scale=float(scalar) ** -0.5 if scalar and family != "gemma" else None,
-        attn_softcap=_cap(cfg.get("attn_logit_softcapping")) if family != "gemma" else None,
-        logit_softcap=_cap(cfg.get("final_logit_softcapping")) if family != "gemma" else None,
+        attn_softcap=_cap(cfg.get("attn_logit_softcapping", 50.0 if family == "gemma2" else None)),
+        logit_softcap=_cap(cfg.get("final_logit_softcapping", 30.0 if family == "gemma2" else None)),
         tie_embeddings=bool(cfg.get("tie_word_embeddings", True)), **common)
 
 

@@ -60,6 +60,28 @@ def test_gemma_options_are_exercised(hf_checkpoint, name, options):
         assert miss > 10 * tolerance(reference), option
 
 
+@pytest.mark.parametrize("model_type,config_class", [("gemma2", "Gemma2Config"), ("gemma3_text", "Gemma3TextConfig")])
+def test_gemma_configs_without_optional_keys_read_as_transformers_reads_them(model_type, config_class):
+    """A config.json that leaves out the soft caps, window, layer pattern, query scalar or rotary bases means
+    transformers' defaults (50 / 30 caps and a 4096 window for Gemma-2, five local blocks per global one and a
+    10k local base for Gemma-3)."""
+    import transformers
+
+    from ivg_jax.config import config_from_hf
+
+    keys = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=7, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, vocab_size=97)
+    hf = getattr(transformers, config_class)(**keys)
+    ours = config_from_hf({"model_type": model_type, **keys})
+    rope = hf.rope_parameters.get("full_attention", hf.rope_parameters)
+    assert (ours.attn_softcap, ours.logit_softcap, ours.sliding_window, ours.rope_theta) == (
+        hf.attn_logit_softcapping, hf.final_logit_softcapping, hf.sliding_window, rope["rope_theta"])
+    assert ours.sliding_layers == tuple(kind == "sliding_attention" for kind in hf.layer_types)
+    assert ours.query_scale == hf.query_pre_attn_scalar ** -0.5
+    if model_type == "gemma3_text":
+        assert ours.local_rope_theta == hf.rope_parameters["sliding_attention"]["rope_theta"]
+
+
 @pytest.mark.parametrize("name,per_layer", [(name, False) for name in ALL_FAMILIES]
                          + [("gemma2-softcap-window", True)])  # blocks unrolled: each reads its window statically
 @pytest.mark.parametrize("side", ["left", "right"])
