@@ -1,10 +1,18 @@
 """Bad input to `ivg decode|train|eval|demo|recipe`: one stderr line naming the problem, exit 2, no traceback, and the
-error arrives before any model loads (the model path does not exist, so reaching the loader would say so)."""
+error arrives before any model loads (the model path does not exist, so reaching the loader would say so).
 
+Every case runs the CLI's `main(argv)` in the test process (a fresh interpreter per case was ~4 s of imports each,
+most of this module's time); one case per command also runs as `python -m ivg_jax.cli.main` in a process of its
+own, which must print the same line and exit 2."""
+
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
+
+from ivg_jax.cli.main import main
 
 ENV_ARGS = ["--model", "/nonexistent/model"]  # reaching the loader would fail with a different message
 
@@ -123,19 +131,48 @@ ENV_FLAGS = {"decode": ENV_ARGS, "train": ENV_ARGS, "eval": ENV_ARGS,
                         "/nonexistent/r", "--value", "/nonexistent/v"]}
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_before_loading(case, files):
-    args, expected = CASES[case]
-    args = [a.format(d=files) if a.startswith("{d}") else a for a in args]
-    args += [] if "--model" in args else ENV_FLAGS.get(args[0], [])
-    before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
-    entries = sorted(files.iterdir())
-    r = _ivg(*args, cwd=files)
-    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
-    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
-    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+def _args(case: str, files) -> list[str]:
+    args = [a.format(d=files) if a.startswith("{d}") else a for a in CASES[case][0]]
+    return args + ([] if "--model" in args else ENV_FLAGS.get(args[0], []))
+
+
+def _error_line(code: int, stderr: str, expected: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
+    assert code == 2, (code, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), lines
     assert expected in lines[0], lines[0]
     assert "nonexistent" not in lines[0], "checked only after reaching the loader"
+    return lines[0]
+
+
+def _in_process(case: str, files, capfd, monkeypatch) -> tuple[int, str]:
+    """(exit code, stderr) of the CLI's main() run here, in `files`."""
+    monkeypatch.chdir(files)
+    # main() is a process's entry point: it adds CPU flags to XLA_FLAGS, puts decode/ on sys.path (recipe) and
+    # takes SIGTERM; give all three back.
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        code = main(_args(case, files))
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    return code, capfd.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_before_loading(case, files, capfd, monkeypatch):
+    before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
+    entries = sorted(files.iterdir())
+    _error_line(*_in_process(case, files, capfd, monkeypatch), CASES[case][1])
     assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before, "a file was changed or left"
     assert sorted(files.iterdir()) == entries, "a refused job created a file or run directory"
+
+
+@pytest.mark.parametrize("case", ["dtype float64", "train pair without chosen", "demo dtype", "eval duplicate ids",
+                                  "recipe limit 0"])
+def test_a_process_prints_the_same_line_and_exits_2(case, files, capfd, monkeypatch):
+    r = _ivg(*_args(case, files), cwd=files)
+    line = _error_line(r.returncode, r.stderr, CASES[case][1])
+    assert _error_line(*_in_process(case, files, capfd, monkeypatch), CASES[case][1]) == line
