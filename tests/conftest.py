@@ -1,6 +1,7 @@
 import atexit
 import os
 import shutil
+import signal
 import sys
 import tempfile
 
@@ -49,3 +50,26 @@ def hf_checkpoint(tmp_path_factory):
 
 ALL_FAMILIES = list(FAMILIES)
 
+
+
+@pytest.fixture
+def ivg_main(monkeypatch, capfd):
+    """run(*args, cwd=None) -> (exit code, stderr) of the CLI's `main(argv)` in the test process: what a fresh
+    `ivg` process does after its ~4 s of imports. main() is a process's entry point — it adds CPU flags to
+    XLA_FLAGS, puts decode/ on sys.path (recipe) and takes SIGTERM — so all three are given back."""
+    from ivg_jax.cli.main import main
+
+    def run(*args, cwd=None):
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+        monkeypatch.setattr(sys, "path", list(sys.path))
+        sigterm = signal.getsignal(signal.SIGTERM)
+        capfd.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+        return code, capfd.readouterr().err
+
+    return run

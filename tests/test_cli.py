@@ -3,6 +3,7 @@ every train command, eval, and one-line errors for bad configs naming the key or
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -144,16 +145,17 @@ def test_eval_summarises_a_decode_file(world, tmp_path):
     ("", ["--top-k", "-1", "--model", "/no/such/checkpoint"], "top_k=-1 must be >= 1"),
     ("", ["--num-shards", "0", "--model", "/no/such/checkpoint"], "num_shards must be >= 1"),
 ])
-def test_bad_configs_give_one_line(world, tmp_path, config_text, flags, message):
+def test_bad_configs_give_one_line(world, tmp_path, config_text, flags, message, ivg_main):
     config = tmp_path / "job.yaml"
     config.write_text(config_text.replace(" = ", ": ").replace('"', ""))
     args = ["decode", "--config", config, "--input", world / "prompts.jsonl", "--output", tmp_path / "o.jsonl",
             *flags]
-    proc = ivg(*args)
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
-    assert "Traceback" in ivg(*args, "--debug").stderr
+    code, stderr = ivg_main(*args)
+    assert code == 2, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    with pytest.raises(Exception, match=re.escape(message)):  # --debug: the exception itself, with its traceback
+        ivg_main(*args, "--debug")
 
 
 def test_missing_config_file(tmp_path):

@@ -1,18 +1,14 @@
 """Bad input to `ivg decode|train|eval|demo|recipe`: one stderr line naming the problem, exit 2, no traceback, and the
 error arrives before any model loads (the model path does not exist, so reaching the loader would say so).
 
-Every case runs the CLI's `main(argv)` in the test process (a fresh interpreter per case was ~4 s of imports each,
-most of this module's time); one case per command also runs as `python -m ivg_jax.cli.main` in a process of its
-own, which must print the same line and exit 2."""
+Every case runs the CLI's `main(argv)` in the test process (`ivg_main`; a fresh interpreter per case was ~4 s of
+imports each, most of this module's time); one case per command also runs as `python -m ivg_jax.cli.main` in a
+process of its own, which must print the same line and exit 2."""
 
-import os
-import signal
 import subprocess
 import sys
 
 import pytest
-
-from ivg_jax.cli.main import main
 
 ENV_ARGS = ["--model", "/nonexistent/model"]  # reaching the loader would fail with a different message
 
@@ -146,33 +142,18 @@ def _error_line(code: int, stderr: str, expected: str) -> str:
     return lines[0]
 
 
-def _in_process(case: str, files, capfd, monkeypatch) -> tuple[int, str]:
-    """(exit code, stderr) of the CLI's main() run here, in `files`."""
-    monkeypatch.chdir(files)
-    # main() is a process's entry point: it adds CPU flags to XLA_FLAGS, puts decode/ on sys.path (recipe) and
-    # takes SIGTERM; give all three back.
-    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    sigterm = signal.getsignal(signal.SIGTERM)
-    try:
-        code = main(_args(case, files))
-    finally:
-        signal.signal(signal.SIGTERM, sigterm)
-    return code, capfd.readouterr().err
-
-
 @pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_is_one_line_before_loading(case, files, capfd, monkeypatch):
+def test_bad_input_is_one_line_before_loading(case, files, ivg_main):
     before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
     entries = sorted(files.iterdir())
-    _error_line(*_in_process(case, files, capfd, monkeypatch), CASES[case][1])
+    _error_line(*ivg_main(*_args(case, files), cwd=files), CASES[case][1])
     assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before, "a file was changed or left"
     assert sorted(files.iterdir()) == entries, "a refused job created a file or run directory"
 
 
 @pytest.mark.parametrize("case", ["dtype float64", "train pair without chosen", "demo dtype", "eval duplicate ids",
                                   "recipe limit 0"])
-def test_a_process_prints_the_same_line_and_exits_2(case, files, capfd, monkeypatch):
+def test_a_process_prints_the_same_line_and_exits_2(case, files, ivg_main):
     r = _ivg(*_args(case, files), cwd=files)
     line = _error_line(r.returncode, r.stderr, CASES[case][1])
-    assert _error_line(*_in_process(case, files, capfd, monkeypatch), CASES[case][1]) == line
+    assert _error_line(*ivg_main(*_args(case, files), cwd=files), CASES[case][1]) == line
