@@ -12,9 +12,13 @@ import os
 CPU_FLAGS = ("--xla_cpu_use_xnnpack=true",)
 
 
+def with_xla_flags(current: str, flags) -> str:
+    """An XLA_FLAGS value: `current` with each of `flags` ("--name=value") added unless `current` names it already
+    (a flag the user set wins)."""
+    extra = [f for f in flags if f.split("=")[0] not in current]
+    return " ".join([current, *extra]).strip() if extra else current
+
+
 def tune_cpu() -> None:
     """Adds the CPU flags to XLA_FLAGS unless the user set them. Must run before JAX creates its backends."""
-    current = os.environ.get("XLA_FLAGS", "")
-    extra = [f for f in CPU_FLAGS if f.split("=")[0] not in current]
-    if extra:
-        os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    os.environ["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_FLAGS)

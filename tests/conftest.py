@@ -9,12 +9,6 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# The suite's programs are tiny and each is compiled once, so LLVM's optimisation of XLA:CPU's generated code is most
-# of a test's time and buys nothing: at level 0 the suite takes ~0.7x the time (matmuls still go to the precompiled
-# library kernels; the same HLO runs, its loops less optimised, so results move only by float rounding, well inside
-# the parity tests' tolerances). Users' jobs keep XLA's default: there the compiled program runs for minutes.
-if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 # Per-session caches, inherited by the subprocesses the tests start (CLI calls, notebooks, multi-process jobs):
 # XLA's compilation cache (the same tiny programs are compiled in dozens of fresh processes, and compiling is most
 # of their time on a 2-core CI machine) and ivg-jax's own (the GGUF's converted tokenizer). Fresh per session, so
@@ -29,6 +23,15 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_session_cache, 
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 os.environ.setdefault("IVG_JAX_CACHE_DIR", os.path.join(_session_cache, "ivg-jax"))
 sys.path.insert(0, os.path.dirname(__file__))
+
+from ivg_jax.runtime import with_xla_flags  # noqa: E402  (after the JAX variables above: importing reads them)
+
+# The suite's programs are tiny and each is compiled once, so LLVM's optimisation of XLA:CPU's generated code is most
+# of a test's time and buys nothing: at level 0 the suite takes ~0.7x the time (matmuls still go to the precompiled
+# library kernels; the same HLO runs, its loops less optimised, so results move only by float rounding, well inside
+# the parity tests' tolerances). Users' jobs keep XLA's default: there the compiled program runs for minutes.
+SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
+os.environ["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""), SUITE_XLA_FLAGS)
 
 import pytest  # noqa: E402
 from oracle import FAMILIES, make_hf_model  # noqa: E402

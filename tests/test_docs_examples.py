@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from ivg_jax.runtime import with_xla_flags
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"(?P<directives>(?:<!-- doctest: .*? -->\n)*)```(?P<lang>\w*)[^\n]*\n(?P<body>.*?)^```",
@@ -111,6 +113,6 @@ def test_example_runs(lang, body, directives, workspace, request):
         raise AssertionError(f"{where}: a ```{lang} block; mark it with a doctest directive or give it a language")
     env = {**os.environ, **directives["env"], "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     if "XLA_FLAGS" in directives["env"]:  # the block's flags join the suite's (conftest), not replace them
-        env["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {directives['env']['XLA_FLAGS']}".strip()
+        env["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""), directives["env"]["XLA_FLAGS"].split())
     proc = subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, f"{where} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"

@@ -1,7 +1,5 @@
 """Our logits equal transformers' for every family, padded either side, and cached decoding equals a full forward."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 from conftest import ALL_FAMILIES
@@ -55,7 +53,7 @@ def test_gemma_options_are_exercised(hf_checkpoint, name, options):
     row = random_rows([12], seed=1)[0]
     reference = hf_logits(hf, row)
     for option, value in options.items():
-        changed = dataclasses.replace(init_model(model.config.replace(**{option: value})), params=model.params)
+        changed = init_model(model.config.replace(**{option: value})).with_params(model.params)
         miss = np.abs(np.asarray(ivg_jax.forward(changed, [row]))[0] - reference).max()
         assert miss > 10 * tolerance(reference), option
 
