@@ -99,6 +99,7 @@ def test_gguf_tokenizer_is_converted_once_then_read_back_unchanged(tmp_path, mon
     entries = list((tmp_path / "tokenizers").iterdir())
     assert len(entries) == 1 and (entries[0] / "tokenizer.json").exists()  # no staging directory left behind
     cached = _gguf_tokenizer(default_model_path())
+    assert type(cached) is type(converted)
     assert cached.get_vocab() == converted.get_vocab()
     texts = ["Here is a movie review from imdb: I watched this movie last night and",
              "naïve café — 東京 🎬\n\n  def f(x):\treturn x**2", "<|im_start|>user\nHi<|im_end|>", ""]

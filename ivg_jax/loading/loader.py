@@ -119,10 +119,10 @@ def build_params(cfg: ModelConfig, source, dtype=jnp.float32, mesh=None, rules=D
 
 
 def _load_tokenizer(directory: Path, gguf_file: str | None = None):
-    from transformers import AutoTokenizer
-
     if gguf_file is not None:
         return _gguf_tokenizer(directory / gguf_file)
+    from transformers import AutoTokenizer
+
     if not any((directory / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                                                   "vocab.json")):
         return None
@@ -143,19 +143,21 @@ def _gguf_tokenizer(path: Path):
     Converting means reading a 49k-entry vocabulary and 49k merges out of the file: ~4 s of the SmolLM2 load on
     2 CPU cores, against ~1 s for the saved fast tokenizer. The cache key is the file's content hash and the
     transformers version, so an edited file or a new converter converts again. An unwritable cache only costs
-    the conversion."""
+    the conversion. The cache holds what `tokenizer_from_gguf` made, so its class is known: reading it back with
+    that class rather than AutoTokenizer skips importing transformers' auto-class tables (~2 s of every load of
+    the embedded model on 2 CPU cores)."""
     import hashlib
     import shutil
     import tempfile
 
     import transformers
-    from transformers import AutoTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256")
     cached = cache_dir() / "tokenizers" / f"{digest.hexdigest()[:24]}-transformers-{transformers.__version__}"
     if (cached / "tokenizer_config.json").exists():
-        return AutoTokenizer.from_pretrained(str(cached), trust_remote_code=False)
+        return PreTrainedTokenizerFast.from_pretrained(str(cached))
     tok = tokenizer_from_gguf(path)
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
