@@ -63,3 +63,35 @@ print(tok("I watched this")["input_ids"])
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[-2] == str(tokenizer_from_gguf(default_model_path())("I watched this")["input_ids"])
+
+
+def test_the_cache_key_is_the_content_hash_read_once_per_file_identity(tmp_path, monkeypatch):
+    """The converted tokenizer is keyed by the file's sha256; a load must not re-read the whole file to get it, but
+    a replaced file (new inode and mtime) must be hashed anew, and a damaged cached digest never trusted."""
+    import hashlib
+    import os
+
+    from ivg_jax.loading import gguf_source
+
+    monkeypatch.setenv("IVG_JAX_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "model.gguf"
+    path.write_bytes(os.urandom(3 << 20))
+    reads = []
+    real_digest = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, d: reads.append(f.name) or real_digest(f, d))
+
+    def brute(p):
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+
+    assert gguf_source.gguf_sha256(path) == brute(path) and len(reads) == 1
+    assert gguf_source.gguf_sha256(path) == brute(path) and len(reads) == 1  # this process: remembered
+    gguf_source._sha256.cache_clear()  # a new process: read from the cache directory
+    assert gguf_source.gguf_sha256(path) == brute(path) and len(reads) == 1
+    for saved in (tmp_path / "cache" / "gguf-sha256").glob("*.txt"):
+        saved.write_text("not a digest")
+    gguf_source._sha256.cache_clear()
+    assert gguf_source.gguf_sha256(path) == brute(path) and len(reads) == 2
+    replacement = tmp_path / "new.gguf"
+    replacement.write_bytes(os.urandom(3 << 20))
+    os.replace(replacement, path)
+    assert gguf_source.gguf_sha256(path) == brute(path) and len(reads) == 3

@@ -146,16 +146,15 @@ def _gguf_tokenizer(path: Path):
     the conversion. The cache holds what `tokenizer_from_gguf` made, so its class is known: reading it back with
     that class rather than AutoTokenizer skips importing transformers' auto-class tables (~2 s of every load of
     the embedded model on 2 CPU cores)."""
-    import hashlib
     import shutil
     import tempfile
 
     import transformers
     from transformers import PreTrainedTokenizerFast
 
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
-    cached = cache_dir() / "tokenizers" / f"{digest.hexdigest()[:24]}-transformers-{transformers.__version__}"
+    from ivg_jax.loading.gguf_source import gguf_sha256
+
+    cached = cache_dir() / "tokenizers" / f"{gguf_sha256(path)[:24]}-transformers-{transformers.__version__}"
     if (cached / "tokenizer_config.json").exists():
         return PreTrainedTokenizerFast.from_pretrained(str(cached))
     tok = tokenizer_from_gguf(path)
