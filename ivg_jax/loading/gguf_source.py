@@ -120,12 +120,27 @@ def gguf_sha256(path: Path) -> str:
     return _sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
-@functools.lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+def _derived_file(kind: str, identity: list) -> Path:
+    """Where a value derived from a file with this identity is kept: `cache_dir()/kind/<hash of identity>`."""
     from ivg_jax.loading.loader import cache_dir
 
-    identity = json.dumps([path, size, mtime_ns, inode])
-    cached = cache_dir() / "gguf-sha256" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.txt"
+    return cache_dir() / kind / hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
+
+
+def _save_derived(path: Path, text: str) -> None:
+    """Atomically (a concurrent reader sees nothing or the whole file); an unwritable cache only costs recomputing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    cached = _derived_file("gguf-sha256", [path, size, mtime_ns, inode]).with_suffix(".txt")
     try:
         digest = cached.read_text().strip()
         if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
@@ -134,13 +149,7 @@ def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
         pass
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(digest)
-        os.replace(tmp, cached)
-    except OSError:
-        pass
+    _save_derived(cached, digest)
     return digest
 
 
@@ -148,10 +157,8 @@ def _sha256(path: str, size: int, mtime_ns: int, inode: int) -> str:
 def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, Any], list[GGUFTensor]]:
     from gguf import GGMLQuantizationType
 
-    from ivg_jax.loading.loader import cache_dir
-
-    identity = json.dumps([path, size, mtime_ns, inode, importlib.metadata.version("gguf"), _INDEX_FORMAT])
-    cached = cache_dir() / "gguf-index" / f"{hashlib.sha256(identity.encode()).hexdigest()[:24]}.json"
+    cached = _derived_file("gguf-index", [path, size, mtime_ns, inode, importlib.metadata.version("gguf"),
+                                          _INDEX_FORMAT]).with_suffix(".json")
     try:
         data = json.loads(cached.read_text())
         return data["metadata"], [GGUFTensor(**{**t, "tensor_type": GGMLQuantizationType(t["tensor_type"]),
@@ -172,13 +179,7 @@ def _index(path: str, size: int, mtime_ns: int, inode: int) -> tuple[dict[str, A
         metadata[key] = value
     tensors = [GGUFTensor(t.name, t.tensor_type, tuple(int(x) for x in reversed(t.shape)), t.data.dtype.str,
                           tuple(t.data.shape), int(t.data_offset)) for t in reader.tensors]
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"metadata": metadata, "tensors": [dataclasses.asdict(t) for t in tensors]}))
-        os.replace(tmp, cached)  # atomic: a concurrent reader sees no index or a whole one
-    except OSError:
-        pass
+    _save_derived(cached, json.dumps({"metadata": metadata, "tensors": [dataclasses.asdict(t) for t in tensors]}))
     return metadata, tensors
 
 
