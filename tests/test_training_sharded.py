@@ -30,17 +30,26 @@ def local_report(tmp_path_factory):
     proc = subprocess.run([sys.executable, JOB, "local", str(out)], capture_output=True, text=True, env=ENV,
                           timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return _report(proc.stdout)["runs"]
+    return _report(proc.stdout)
+
+
+def test_a_diverged_run_restores_its_first_step_on_the_mesh(local_report):
+    """Best-step restore (parameters only) onto FSDP-sharded weights gives back the untouched model exactly."""
+    diverging = local_report["diverging"]
+    assert diverging["best"] == 0
+    np.testing.assert_array_equal(diverging["params"], local_report["initial"])
+    assert any("data" in s for s in diverging["shardings"])
 
 
 @pytest.mark.parametrize("objective", ["dpo", "fudge"])
 def test_meshes_on_8_devices_match_one_device(local_report, objective):
-    one = local_report[f"{objective}/1"]
+    runs = local_report["runs"]
+    one = runs[f"{objective}/1"]
     for mesh in ("2x4", "4x2-fsdp"):
-        _same(local_report[f"{objective}/{mesh}"], one)
+        _same(runs[f"{objective}/{mesh}"], one)
     # The weights really were split: tensor parallel over "model", FSDP also over "data".
-    assert any("model" in s for s in local_report[f"{objective}/2x4"]["shardings"])
-    assert any("data" in s for s in local_report[f"{objective}/4x2-fsdp"]["shardings"])
+    assert any("model" in s for s in runs[f"{objective}/2x4"]["shardings"])
+    assert any("data" in s for s in runs[f"{objective}/4x2-fsdp"]["shardings"])
 
 
 def test_two_process_distributed_matches_one_device(local_report, tmp_path):
@@ -60,4 +69,7 @@ def test_two_process_distributed_matches_one_device(local_report, tmp_path):
     assert sorted(r["process"] for r in reports) == [0, 1] and all(r["devices"] == 4 for r in reports)
     for r in reports:
         for objective in ("dpo", "fudge"):
-            _same(r["runs"][f"{objective}/4x2-fsdp"], local_report[f"{objective}/1"])
+            _same(r["runs"][f"{objective}/4x2-fsdp"], local_report["runs"][f"{objective}/1"])
+        # across two processes too, the diverged run's best step (the start) is read back exactly
+        assert r["diverging"]["best"] == 0
+        np.testing.assert_array_equal(r["diverging"]["params"], local_report["initial"])

@@ -39,18 +39,24 @@ MESHES = {"1": (1, 1, False), "2x4": (2, 4, False), "4x2-fsdp": (4, 2, True)}
 runs = MESHES if mode == "local" else {"4x2-fsdp": MESHES["4x2-fsdp"]}
 
 
-def run(objective, name, mesh):
+def run(objective, name, mesh, learning_rate=1e-2):
     d, m, fsdp = mesh
     cfg = TrainConfig(objective=objective, train_data=data[objective], val_data=data[objective],
-                      output_dir=f"{out_dir}/{mode}-{objective}-{name}", batch_size=8, steps=3, learning_rate=1e-2,
+                      output_dir=f"{out_dir}/{mode}-{objective}-{name}", batch_size=8, steps=3,
+                      learning_rate=learning_rate,
                       warmup_ratio=0.0, eval_every=3, save_every=3, max_length=16, mesh_data=d, mesh_model=m,
                       fsdp=fsdp, export=False, train_top_blocks=1 if objective == "fudge" else None)
     result = train(cfg, model=tiny_model(seed=0), progress=False)
     flat = np.concatenate([to_host(x).ravel() for x in jax.tree.leaves(result.model.params)])
     shardings = sorted({str(getattr(x.sharding, "spec", None)) for x in jax.tree.leaves(result.model.params)})
-    return {"params": flat.tolist(), "val": result.best_metrics, "shardings": shardings}
+    return {"params": flat.tolist(), "val": result.best_metrics, "shardings": shardings, "best": result.best_step}
 
 
 report = {"process": jax.process_index(), "devices": jax.local_device_count(),
           "runs": {f"{obj}/{name}": run(obj, name, mesh) for obj in ("dpo", "fudge") for name, mesh in runs.items()}}
+# A run that only gets worse: its best step is the start, restored from the checkpoint on the FSDP mesh (only the
+# parameters are read back, not the optimiser state); the untouched model is the oracle.
+report["diverging"] = run("dpo", "4x2-fsdp-diverging", MESHES["4x2-fsdp"], learning_rate=50.0)
+report["initial"] = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves(tiny_model(seed=0).params)]
+                                   ).tolist()
 print("REPORT " + json.dumps(report))

@@ -102,6 +102,22 @@ class Checkpoints:
                                   f"({type(e).__name__}: {str(e)[:300]})") from e
         return restored["state"], restored["meta"]
 
+    def restore_params(self, step: int, target_params):
+        """-> the `params` subtree of step's state, laid out like `target_params`, without reading the rest (the
+        optimiser's moments: twice the trainable weights for AdamW). Orbax restores a subtree only through a
+        manager that has not saved this item with other args, so a read-only one is opened for it."""
+        abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)}
+        reader = ocp.CheckpointManager(self.manager.directory, options=ocp.CheckpointManagerOptions(read_only=True))
+        try:
+            restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+                abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True)))
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.manager.directory} does not match this job "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+        finally:
+            reader.close()
+        return restored["state"]["params"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -300,7 +300,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         return TrainResult(run_dir, step, None, None, None, model.with_params(join_params(state["params"], frozen)))
     best = checkpoints.best_step() if cfg.select == "best" else step
     if best != step:
-        state, _ = checkpoints.restore(best, state)
+        state = {**state, "params": checkpoints.restore_params(best, state["params"])}
     best_metrics = checkpoints.manager.metrics(best) if best is not None else None
     checkpoints.close()
     trained = model.with_params(join_params(state["params"], frozen))
