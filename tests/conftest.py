@@ -56,7 +56,6 @@ def hf_checkpoint(tmp_path_factory):
 ALL_FAMILIES = list(FAMILIES)
 
 
-
 @pytest.fixture
 def ivg_main(monkeypatch, capfd):
     """run(*args, cwd=None) -> (exit code, stderr) of the CLI's `main(argv)` in the test process: what a fresh

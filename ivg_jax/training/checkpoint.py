@@ -94,12 +94,8 @@ class Checkpoints:
     def restore(self, step: int, target_state) -> tuple[dict, dict]:
         """-> (state laid out like `target_state` — same shapes, dtypes and shardings — , meta)."""
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target_state)
-        try:
-            restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(f"checkpoint step {step} in {self.manager.directory} does not match this job "
-                                  f"({type(e).__name__}: {str(e)[:300]})") from e
+        restored = self._restore(self.manager, step, ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
     def restore_params(self, step: int, target_params):
@@ -109,14 +105,19 @@ class Checkpoints:
         abstract = {"params": jax.tree.map(ocp.utils.to_shape_dtype_struct, target_params)}
         reader = ocp.CheckpointManager(self.manager.directory, options=ocp.CheckpointManagerOptions(read_only=True))
         try:
-            restored = reader.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            restored = self._restore(reader, step, ocp.args.Composite(state=ocp.args.PyTreeRestore(
                 abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract), partial_restore=True)))
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise CheckpointError(f"checkpoint step {step} in {self.manager.directory} does not match this job "
-                                  f"({type(e).__name__}: {str(e)[:300]})") from e
         finally:
             reader.close()
         return restored["state"]["params"]
+
+    def _restore(self, manager, step: int, args):
+        """Orbax's restore, its complaints about a checkpoint that does not fit the job as one CheckpointError."""
+        try:
+            return manager.restore(step, args=args)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.manager.directory} does not match this job "
+                                  f"({type(e).__name__}: {str(e)[:300]})") from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
