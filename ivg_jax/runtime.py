@@ -14,8 +14,9 @@ CPU_FLAGS = ("--xla_cpu_use_xnnpack=true",)
 
 def with_xla_flags(current: str, flags) -> str:
     """An XLA_FLAGS value: `current` with each of `flags` ("--name=value") added unless `current` names it already
-    (a flag the user set wins)."""
-    extra = [f for f in flags if f.split("=")[0] not in current]
+    (a flag the user set wins). Names are compared whole: a user's `--xla_foo_bar=1` does not hide `--xla_foo`."""
+    named = {token.split("=")[0] for token in current.split()}
+    extra = [f for f in flags if f.split("=")[0] not in named]
     return " ".join([current, *extra]).strip() if extra else current
 
 
