@@ -626,12 +626,7 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
                            * base_forward_factor(cfg, method), "prompts": len(rows)}
     # Same prompts for every method, so IVG is compared per prompt: the interval of the mean paired difference
     # is much tighter than two overlapping marginal intervals suggest.
-    # IVG against every other method, and EFT against the base: whether the implicit guide alone has an effect.
-    # A run without IVG (guides of another tokenizer act at chunk level only) leads with CBS explicit instead,
-    # and CBS implicit against the base asks the implicit guide's question.
-    lead = "ivg" if "ivg" in rewards_of else "cbs_explicit"
-    single = ("eft",) if lead == "ivg" else ("cbs_implicit",)
-    for method, others in ((lead, [m for m in rewards_of if m != lead]), *((m, ["base"]) for m in single)):
+    for method, others in paired_comparisons(list(rewards_of)):
         if method in results and all(m in rewards_of for m in others):
             results[method]["minus"] = {
                 m: list(bootstrap_ci(rewards_of[method] - rewards_of[m], seed=_hash_seed(cfg.seed, method, m)))
@@ -641,6 +636,16 @@ def stage_evaluate(cfg: SentimentConfig, models: Models, progress: bool = True) 
     _atomic_write(cfg.path / "results.md", table + "\n")
     plot_results(cfg, results)
     return {"table": table}
+
+
+def paired_comparisons(methods: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """[(method, [others it is compared with per prompt])], in the table's order: the run's lead method against every
+    other, then the implicit guide alone against the base (whether it has an effect of its own). The lead is IVG; a
+    run without it (guides of another tokenizer act at chunk level only) leads with CBS explicit, and CBS implicit
+    asks the implicit guide's question."""
+    lead = "ivg" if "ivg" in methods else "cbs_explicit"
+    single = "eft" if lead == "ivg" else "cbs_implicit"
+    return [(lead, [m for m in methods if m != lead]), (single, ["base"])]
 
 
 STAGE_FNS = {"sample": stage_sample, "label": stage_label, "dpo": _stage_train("dpo"),
@@ -660,7 +665,8 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
         lines.append(f"| {label} | {r['reward']:.2f} [{r['reward_ci'][0]:.2f}, {r['reward_ci'][1]:.2f}] "
                      f"| {r['nll']:.2f} | {delta} | {r['kl']:.2f} | {r['distinct_2']:.2f} | {r['distinct_3']:.2f} "
                      f"| {r['compute']:.0f} |")
-    paired = [(a, b, d) for a in _PAIRED_ORDER for b, d in results.get(a, {}).get("minus", {}).items()]
+    paired = [(a, b, d) for a, _ in paired_comparisons(list(results))
+              for b, d in results.get(a, {}).get("minus", {}).items()]
     if paired:
         lines += ["", "| paired difference (same prompts) | gold reward difference (95% paired CI) "
                   "| compute ratio |", "|---|---|---|"]
@@ -677,7 +683,6 @@ def results_table(cfg: SentimentConfig, results: dict) -> str:
 
 
 _SHORT = {"ivg": "IVG", "eft": "EFT", "cbs_explicit": "CBS explicit", "cbs_implicit": "CBS implicit"}
-_PAIRED_ORDER = ("ivg", "cbs_explicit", "eft", "cbs_implicit")  # the run's lead method first (stage_evaluate)
 
 
 def plot_results(cfg: SentimentConfig, results: dict) -> None:
