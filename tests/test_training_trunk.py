@@ -10,6 +10,7 @@ import pytest
 from synthetic import preference_records, scored_records, tiny_model, write_jsonl
 
 from ivg_jax.training import TrainConfig, train
+from ivg_jax.training.data import Batches, Example, collate
 from ivg_jax.training.trainer import shares_bottom
 
 
@@ -52,3 +53,46 @@ def test_reference_with_another_bottom_does_not_reuse_the_trunk(tmp_path):
     cached, plain = (_run(tmp_path, f"ref-{c}", "dpo", c, reference=other) for c in (True, False))
     ref = [np.load(r.run_dir / "reference_logprobs.npz")["logprobs"] for r in (cached, plain)]
     np.testing.assert_allclose(ref[0], ref[1], rtol=1e-5, atol=1e-5)
+
+
+def test_upcoming_names_exactly_the_examples_the_next_batches_hold():
+    # Each example's single token is its index, so the drawn batches say which examples they hold: the oracle.
+    examples = [Example(((np.asarray([i], np.int32), np.ones(1, bool)),)) for i in range(21)]
+    for skip, ahead in ((0, 2), (3, 3), (4, 5), (0, 40)):  # within an epoch, across epochs, more than all of them
+        batches = Batches(examples, batch_size=4, seed=3)
+        for _ in range(skip):
+            next(batches)
+        position = batches.state()
+        predicted = batches.upcoming(ahead)
+        assert batches.state() == position  # looking ahead does not advance the stream
+        drawn = {int(t) for _ in range(ahead) for t in next(batches)["tokens"][:, 0]}
+        assert predicted == sorted(drawn), (skip, ahead)
+    assert len(Batches(examples, batch_size=4).upcoming(3)) == 12
+
+
+def test_a_short_run_runs_the_frozen_blocks_only_on_what_it_reads(tmp_path, monkeypatch):
+    import ivg_jax.training.trainer as trainer
+
+    seen = []
+    original = trainer.attach_trunk
+    monkeypatch.setattr(trainer, "attach_trunk", lambda model, n, examples, *a, **k: (
+        seen.append(len(examples)), original(model, n, examples, *a, **k))[1])
+    records = scored_records(48, 1)
+    data = write_jsonl(tmp_path / "d.jsonl", records)
+    val = write_jsonl(tmp_path / "v.jsonl", records[:12])
+    results = {}
+    for cache in (True, False):
+        cfg = TrainConfig(objective="fudge", train_data=data, val_data=val, output_dir=str(tmp_path / f"r{cache}"),
+                          batch_size=8, steps=2, learning_rate=1e-2, eval_every=1, max_length=16, train_top_blocks=1,
+                          cache_trunk=cache, export=False)
+        results[cache] = train(cfg, model=tiny_model(seed=0, n_layers=3), progress=False)
+    assert seen == [2 * 8 + 12]  # two batches' examples and the validation set, not all 48
+    for p, q in zip(jax.tree.leaves(results[True].model.params), jax.tree.leaves(results[False].model.params)):
+        np.testing.assert_allclose(np.asarray(p), np.asarray(q), rtol=1e-4, atol=1e-5)
+
+
+def test_a_batch_with_and_without_the_cached_trunk_is_refused():
+    with_trunk = Example(((np.asarray([1, 2], np.int32), np.ones(2, bool)),), trunk=(np.zeros((2, 4), np.float32),))
+    without = Example(((np.asarray([3], np.int32), np.ones(1, bool)),))
+    with pytest.raises(ValueError, match="1 of 2 examples in a batch lack the cached trunk"):
+        collate([with_trunk, without])

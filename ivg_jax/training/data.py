@@ -185,7 +185,12 @@ def collate(examples: Sequence[Example], pad_id: int = 0, multiple: int = 16) ->
     batch = {"tokens": tokens, "mask": mask, "loss_mask": loss_mask,
              "reward": np.asarray([e.reward for e in examples], np.float32),
              "window": response_window(loss_mask, multiple=8)}
-    if all(e.trunk is not None for e in examples):
+    carried = [e.trunk is not None for e in examples]
+    if any(carried) and not all(carried):
+        # The trainer attaches the trunk to every example a sitting reads; a batch without it would silently run
+        # every block (a slower program, the same numbers), so a missed example is a bug to surface.
+        raise ValueError(f"{carried.count(False)} of {len(examples)} examples in a batch lack the cached trunk")
+    if all(carried):
         first = examples[0].trunk[0]
         trunk = np.zeros((len(rows), width, first.shape[-1]), first.dtype)
         for i, h in enumerate(e.trunk[s] for s in range(n_seq) for e in examples):
@@ -265,6 +270,20 @@ class Batches:
         batch = collate([self.examples[i] for i in self._order[pos.batch]], self.pad_id, self.multiple)
         pos.batch += 1
         return batch
+
+    def upcoming(self, n_batches: int) -> list[int]:
+        """Indices of the examples the next `n_batches` batches hold (sorted, each once), without advancing."""
+        epoch, batch, seen, orders = self.position.epoch, self.position.batch, set(), {}
+        for _ in range(n_batches):
+            if batch >= self.batches_per_epoch:
+                epoch, batch = epoch + 1, 0
+            if epoch not in orders:
+                orders[epoch] = self.epoch_order(epoch)
+            seen.update(orders[epoch][batch])
+            batch += 1
+            if len(seen) == len(self.examples):
+                break
+        return sorted(seen)
 
     def state(self) -> dict:
         return dataclasses.asdict(self.position)

@@ -224,9 +224,6 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     optimizer = make_optimizer(OptimConfig(**cfg.optim_fields()), total)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
     cached = frozen_layers > 0 and cfg.cache_trunk
-    if cached:
-        attach_trunk(model, frozen_layers, list(train_examples) + list(val_examples), eval_bs, pad_id, mesh, rules,
-                     progress=progress)
     fns = build_steps(objective, model.graphdef, optimizer, frozen_layers, mesh, rules,
                       ref_graphdef=None if ref_model is None else ref_model.graphdef,
                       reference_uses_trunk=cached and ref_model is not None
@@ -236,9 +233,6 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     # Only a job that passed every check owns the directory: a refused one leaves nothing that would refuse
     # the corrected rerun as "a run with different settings".
     _write_config(cfg, run_dir)
-    if objective.kind == "dpo" and cfg.reference_logprobs == "precompute":
-        _attach_reference(fns, ref_model, train_examples, val_examples, eval_bs, pad_id,
-                          run_dir / "reference_logprobs.npz", progress=progress)
 
     checkpoints = Checkpoints(run_dir / "checkpoints", cfg.keep_last, BEST_METRIC[cfg.objective])
     resumed = checkpoints.latest_step()
@@ -246,6 +240,20 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         state, saved = checkpoints.restore(resumed, state)
         batches.restore(saved["data"])
     start = resumed or 0
+    ref_cache = run_dir / "reference_logprobs.npz"
+    precompute = objective.kind == "dpo" and cfg.reference_logprobs == "precompute"
+    if cached:
+        # Only what this sitting reads: a short (--steps) or resumed run skips the examples it never reaches,
+        # unless the reference's log-probs of every pair are still to be computed (they read the trunk too).
+        if precompute and not ref_cache.exists():
+            used = list(train_examples)
+        else:
+            used = [train_examples[i] for i in batches.upcoming(min(total, stop_at_step or total) - start)]
+        attach_trunk(model, frozen_layers, used + list(val_examples), eval_bs, pad_id, mesh, rules,
+                     progress=progress)
+    if precompute:
+        _attach_reference(fns, ref_model, train_examples, val_examples, eval_bs, pad_id, ref_cache,
+                          progress=progress)
     _rewind_metrics(run_dir, resumed if resumed is not None else -1)
     baseline = float(np.mean([e.reward for e in train_examples])) if objective.kind == "fudge" else None
 
