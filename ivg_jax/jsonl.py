@@ -1,4 +1,5 @@
-"""Reading JSONL inputs with errors that name the file and line (one reader for every job that takes JSONL)."""
+"""Reading text inputs (JSONL records, config and prompt files) with errors that name the file and line: one reader
+for every job."""
 
 from __future__ import annotations
 
@@ -14,8 +15,13 @@ def records(path: str | Path, what: str = "input file") -> Iterator[tuple[int, d
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} {path} does not exist")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
+                                 "save the file as UTF-8") from None
             if not line.strip():
                 continue
             try:
@@ -26,3 +32,14 @@ def records(path: str | Path, what: str = "input file") -> Iterator[tuple[int, d
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
             yield lineno, record
+
+
+def read_text(path: str | Path, what: str = "file") -> str:
+    """A UTF-8 text file's contents; a file in another encoding is refused naming it and the line."""
+    path = Path(path)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        lineno = data.count(b"\n", 0, e.start) + 1
+        raise InputError(f"{what} {path}:{lineno}: not UTF-8 text ({e.reason}); save it as UTF-8") from None

@@ -38,6 +38,10 @@ def files(tmp_path_factory):
     (d / "nochosen.jsonl").write_text('{"prompt": "a", "rejected": "c"}\n')
     (d / "latin1_pairs.jsonl").write_bytes(b'{"prompt": "a", "chosen": "caf\xe9", "rejected": "c"}\n')
     (d / "blank_chosen.jsonl").write_text('{"prompt": "a", "chosen": "  ", "rejected": "c"}\n')
+    (d / "latin1.yaml").write_bytes(b"temperature: 0.5\nbase_template: 'caf\xe9 {prompt}'\n")
+    (d / "latin1_prompts").mkdir()
+    for split in ("train", "val", "test"):
+        (d / "latin1_prompts" / f"{split}.txt").write_bytes(b"The film\nA movie\nCaf\xe9 society\n" * 4)
     (d / "nanreward.jsonl").write_text('{"prompt": "a", "response": "b", "reward": NaN}\n')
     return d
 
@@ -59,7 +63,8 @@ CASES = {
     "top-p 1.5": (DECODE + ["--top-p", "1.5"], "top_p"),
     "top-k -1": (DECODE + ["--top-k", "-1"], "top_k"),
     "num shards 0": (DECODE + ["--num-shards", "0"], "num_shards must be >= 1"),
-    "input not UTF-8": (["decode", "--input", "{d}/latin1.jsonl", "--output", "{d}/o2.jsonl"], "UTF-8"),
+    "input not UTF-8": (["decode", "--input", "{d}/latin1.jsonl", "--output", "{d}/o2.jsonl"],
+                        "latin1.jsonl:1: not UTF-8"),
     "input is a directory": (["decode", "--input", "{d}/adir", "--output", "{d}/o3.jsonl"], "adir"),
     "train template field": (["train", "dpo", "--train-data", "{d}/pairs.jsonl", "--output-dir", "{d}/run",
                               "--template", "{x}{prompt}"], "only {prompt} is filled"),
@@ -82,7 +87,7 @@ CASES = {
     "eval non-JSON line": (["eval", "--input", "{d}/notjson.jsonl", "--reward", "none"], "notjson.jsonl:2"),
     "eval non-string output": (["eval", "--input", "{d}/numoutput.jsonl", "--reward", "none"], "string fields"),
     "eval duplicate ids": (["eval", "--input", "{d}/twice.jsonl", "--reward", "none"], "more than once"),
-    "eval not UTF-8": (["eval", "--input", "{d}/latin1.jsonl", "--reward", "none"], "UTF-8"),
+    "eval not UTF-8": (["eval", "--input", "{d}/latin1.jsonl", "--reward", "none"], "latin1.jsonl:1: not UTF-8"),
     # ivg recipe: sizes and the output location before any model loads
     "recipe batch size 0": (["recipe", "imdb_gpt2", "--prompts", "{d}/instr.jsonl", "--output", "{d}/r.jsonl",
                              "--batch-size", "0"], "batch_size"),
@@ -104,7 +109,10 @@ CASES = {
     "train pair without chosen": (["train", "dpo", "--train-data", "{d}/nochosen.jsonl", "--output-dir", "{d}/run4"],
                                   "'chosen'"),
     "train data not UTF-8": (["train", "dpo", "--train-data", "{d}/latin1_pairs.jsonl", "--output-dir", "{d}/run5"],
-                             "UTF-8"),
+                             "latin1_pairs.jsonl:1: not UTF-8"),
+    "config file not UTF-8": (DECODE + ["--config", "{d}/latin1.yaml"], "config file {d}/latin1.yaml:2: not UTF-8"),
+    "demo prompts not UTF-8": (["demo", "--preset", "smoke", "--run-dir", "{d}/demo6", "--prompts-dir",
+                                "{d}/latin1_prompts"], "prompt file {d}/latin1_prompts/train.txt:3: not UTF-8"),
     "train blank response": (["train", "dpo", "--train-data", "{d}/blank_chosen.jsonl", "--output-dir", "{d}/run6"],
                              "empty"),
     "train NaN reward": (["train", "value", "--train-data", "{d}/nanreward.jsonl", "--output-dir", "{d}/run7"],
@@ -132,6 +140,10 @@ def _args(case: str, files) -> list[str]:
     return args + ([] if "--model" in args else ENV_FLAGS.get(args[0], []))
 
 
+def _expected(case: str, files) -> str:
+    return CASES[case][1].replace("{d}", str(files))
+
+
 def _error_line(code: int, stderr: str, expected: str) -> str:
     lines = [x for x in stderr.splitlines() if x.strip() and not x.startswith(("WARNING", "W0000", "I0000"))]
     assert code == 2, (code, stderr[-2000:])
@@ -146,7 +158,7 @@ def _error_line(code: int, stderr: str, expected: str) -> str:
 def test_bad_input_is_one_line_before_loading(case, files, ivg_main):
     before = {p: p.read_bytes() for p in files.iterdir() if p.is_file()}
     entries = sorted(files.iterdir())
-    _error_line(*ivg_main(*_args(case, files), cwd=files), CASES[case][1])
+    _error_line(*ivg_main(*_args(case, files), cwd=files), _expected(case, files))
     assert {p: p.read_bytes() for p in files.iterdir() if p.is_file()} == before, "a file was changed or left"
     assert sorted(files.iterdir()) == entries, "a refused job created a file or run directory"
 
@@ -155,5 +167,5 @@ def test_bad_input_is_one_line_before_loading(case, files, ivg_main):
                                   "recipe limit 0"])
 def test_a_process_prints_the_same_line_and_exits_2(case, files, ivg_main):
     r = _ivg(*_args(case, files), cwd=files)
-    line = _error_line(r.returncode, r.stderr, CASES[case][1])
-    assert _error_line(*ivg_main(*_args(case, files), cwd=files), CASES[case][1]) == line
+    line = _error_line(r.returncode, r.stderr, _expected(case, files))
+    assert _error_line(*ivg_main(*_args(case, files), cwd=files), _expected(case, files)) == line

@@ -65,11 +65,12 @@ def load_config_file(path: str, cls) -> dict:
     from pathlib import Path
 
     from ivg_jax.errors import InputError
+    from ivg_jax.jsonl import read_text
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"config file {p} does not exist")
-    text = p.read_text()
+    text = read_text(p, "config file")
     try:
         if p.suffix == ".toml":
             import tomllib

@@ -31,6 +31,7 @@ import numpy as np
 
 from ivg_jax.decoding.settings import DecodeSettings
 from ivg_jax.errors import InputError, require_dtype, require_positive
+from ivg_jax.jsonl import read_text
 
 STAGES = ("sample", "label", "dpo", "fudge", "decode", "evaluate")
 # The grid (run by default) and two baselines given IVG's compute: IVG runs four models (base, tuned,
@@ -386,7 +387,7 @@ def load_prompts(cfg: SentimentConfig, split: str) -> list[str]:
     path = directory / f"{split}.txt"
     if not path.exists():
         raise InputError(f"prompt file {path} is missing (need train.txt, val.txt, test.txt)")
-    prompts = [x.strip() for x in path.read_text().splitlines() if x.strip()]
+    prompts = [x.strip() for x in read_text(path, "prompt file").splitlines() if x.strip()]
     n = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}[split]
     if len(prompts) < n:
         raise InputError(f"{path} has {len(prompts)} prompts but the run asks for {n} ({split}); lower n_{split}")
