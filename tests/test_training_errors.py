@@ -88,3 +88,19 @@ def test_top_blocks_out_of_range(tmp_path):
     path = write_jsonl(tmp_path / "p.jsonl", preference_records(8))
     with pytest.raises(InputError, match=r"train_top_blocks must lie in \[1, 2\]"):
         train(_cfg(tmp_path, path, train_top_blocks=3), model=tiny_model())
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(train_top_blocks=3), r"train_top_blocks must lie in \[1, 2\] for this 2-block model"),
+    (dict(batch_size=16), "8 examples cannot fill one batch of 16; lower batch_size or add data"),
+])
+def test_sizes_that_cannot_work_are_refused_before_the_weights_load(tmp_path, monkeypatch, kw, message):
+    import ivg_jax.training.trainer as trainer
+
+    def load(*a, **k):
+        raise AssertionError("the weights were loaded before the sizes were checked")
+
+    monkeypatch.setattr(trainer, "prepare_model", load)
+    path = write_jsonl(tmp_path / "p.jsonl", preference_records(8))
+    with pytest.raises(InputError, match=message):
+        train(_cfg(tmp_path, path, **kw), model=tiny_model())

@@ -236,7 +236,8 @@ class Batches:
         if batch_size < 1:
             raise InputError(f"batch_size must be >= 1; got {batch_size}")
         if len(examples) < batch_size:
-            raise InputError(f"{len(examples)} examples cannot fill one batch of {batch_size}; lower batch_size")
+            raise InputError(f"{len(examples)} example{'s' * (len(examples) != 1)} cannot fill one batch of "
+                             f"{batch_size}; lower batch_size or add data")
         self.examples, self.batch_size, self.seed = list(examples), batch_size, seed
         self.bucket_window, self.pad_id, self.multiple = bucket_window, pad_id, multiple
         self.position = DataPosition()

@@ -204,6 +204,9 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     pad_id = shell.config.pad_token_id or 0
     train_examples = data_lib.tokenize(train_records, kind, shell.tokenizer, tok, cfg.train_data)
     val_examples = data_lib.tokenize(val_records, kind, shell.tokenizer, tok, cfg.val_data) if val_records else []
+    # Sizes that cannot work are refused here too, before any weights load.
+    batches = data_lib.Batches(train_examples, cfg.batch_size, cfg.seed, pad_id=pad_id)
+    frozen_layers = frozen_layer_count(shell.config.n_layers, cfg.train_top_blocks)
 
     rules = FSDP_RULES if cfg.fsdp else DEFAULT_RULES
     mesh = make_mesh(cfg.mesh_data, cfg.mesh_model) if cfg.mesh_data * cfg.mesh_model > 1 else None
@@ -213,10 +216,8 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         ref_model = _load(reference if reference is not None else (cfg.reference or model), model.dtype, mesh, rules,
                           progress)
         _require_same_vocabulary(model, ref_model)
-    batches = data_lib.Batches(train_examples, cfg.batch_size, cfg.seed, pad_id=pad_id)
     total = cfg.steps or max(1, int(math.ceil(cfg.epochs * batches.batches_per_epoch)))
 
-    frozen_layers = frozen_layer_count(model.config.n_layers, cfg.train_top_blocks)
     _, abstract = abstract_model(model.config, model.dtype)
     trainable, frozen = split_params(model.params, frozen_layers)
     trainable = shard_model_params(trainable, abstract, mesh, rules)
