@@ -419,6 +419,14 @@ def test_bad_input_is_rejected_before_compiling(models):
                  implicit_weights=[[1.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
     with pytest.raises(InputError, match="stop strings must be non-empty"):
         generate(base, PROMPTS, g, Search(1, 1), stop_strings=[""])
+    for bad_id in (61, -1):  # a stop id the model can never sample: its rows would silently run to the budget
+        with pytest.raises(InputError, match=f"stop id {bad_id} is outside the model's vocabulary \\[0, 61\\)"):
+            generate(base, PROMPTS, g, Search(1, 1), stop_ids=[3, bad_id])
+        with pytest.raises(InputError, match=f"stop id {bad_id} is outside"):
+            complete(base, PROMPTS, stop_ids=[bad_id])
+    for bad in ("</s>", [3, "4"], [True]):
+        with pytest.raises(InputError, match="stop_ids must be a list of token ids"):
+            generate(base, PROMPTS, g, Search(1, 1), stop_ids=bad)
     for bad in (-1, 1.5, True):
         with pytest.raises(InputError, match="compaction must be an int >= 0"):
             generate(base, PROMPTS, g, Search(1, 1), compaction=bad)

@@ -553,7 +553,7 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
     models, templates, guidance, host_kind, in_graph = _settle(base, prompts, guidance, search, max_new_tokens)
     chunks, length = n_chunks(search, max_new_tokens)
     stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
-                        base.config.vocab_size)
+                        base.config.vocab_size, check_ids=stop_ids is not None)
     encoded = list(_encode_members(models, templates, _bucketed(prompts), chunks * length, _pad_id(base)))
     program = Program(
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,

@@ -57,7 +57,8 @@ def complete(model: Model, prompts, max_new_tokens: int = 32, sampling: Sampling
     if ids.shape[1] + max_new_tokens > cfg.max_positions:
         raise InputError(f"prompts ({ids.shape[1]} tokens after bucketing) + {max_new_tokens} new tokens exceed the "
                          f"model's context of {cfg.max_positions}; shorten the prompts or max_new_tokens")
-    stops = stop_token_ids(cfg.eos_token_ids if stop_ids is None else stop_ids)
+    stops = stop_token_ids(cfg.eos_token_ids if stop_ids is None else stop_ids,
+                           None if stop_ids is None else cfg.vocab_size)
     tokens, lengths = _sample_loop(model.graphdef, model.params, jnp.asarray(ids), jnp.asarray(mask),
                                    row_keys(seed, ids.shape[0]), jnp.asarray(stops), jnp.int32(pad_id),
                                    max_new_tokens, sampling)

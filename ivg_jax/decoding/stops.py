@@ -41,13 +41,25 @@ class Stops:
         return self.final.shape[0]
 
 
-def stop_token_ids(stop_ids: Sequence[int]) -> np.ndarray:
-    """Ids that end a row (EOS or the caller's), as a non-empty array ([-1] when none)."""
+def stop_token_ids(stop_ids: Sequence[int], vocab_size: int | None = None) -> np.ndarray:
+    """Ids that end a row (EOS or the caller's), as a non-empty array ([-1] when none). With `vocab_size` (the
+    caller's ids), an id the model can never sample is refused: the rows would silently never stop on it."""
+    if isinstance(stop_ids, (str, bytes)) or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                                      for i in stop_ids):
+        raise InputError(f"stop_ids must be a list of token ids (ints); got {stop_ids!r} (for text, pass stop "
+                         "strings)")
+    if vocab_size is not None:
+        outside = sorted({int(i) for i in stop_ids if not 0 <= i < vocab_size})
+        if outside:
+            raise InputError(f"stop id {outside[0]} is outside the model's vocabulary [0, {vocab_size}); pass ids of "
+                             "this model's tokenizer")
     return np.asarray(sorted({int(i) for i in stop_ids}) or [-1], np.int32)
 
 
-def build_stops(tokenizer, stop_strings: Sequence[str], stop_ids: Sequence[int], vocab_size: int) -> Stops:
-    ids = stop_token_ids(stop_ids)
+def build_stops(tokenizer, stop_strings: Sequence[str], stop_ids: Sequence[int], vocab_size: int,
+                check_ids: bool = True) -> Stops:
+    """`check_ids`: refuse ids outside the vocabulary (off for a config's own EOS ids, which are not the caller's)."""
+    ids = stop_token_ids(stop_ids, vocab_size if check_ids else None)
     strings = tuple(stop_strings)
     for s in strings:
         if not isinstance(s, str) or not s:
