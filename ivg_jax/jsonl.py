@@ -18,7 +18,7 @@ def records(path: str | Path, what: str = "input file") -> Iterator[tuple[int, d
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM (Windows editors)
             except UnicodeDecodeError as e:
                 raise InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
                                  "save the file as UTF-8") from None
@@ -39,7 +39,7 @@ def read_text(path: str | Path, what: str = "file") -> str:
     path = Path(path)
     data = path.read_bytes()
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")  # a leading BOM (Windows editors) is not part of the text
     except UnicodeDecodeError as e:
         lineno = data.count(b"\n", 0, e.start) + 1
         raise InputError(f"{what} {path}:{lineno}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
