@@ -241,6 +241,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         state, saved = checkpoints.restore(resumed, state)
         batches.restore(saved["data"])
     start = resumed or 0
+    end = min(total, stop_at_step or total)  # this sitting's last step
     ref_cache = run_dir / "reference_logprobs.npz"
     precompute = objective.kind == "dpo" and cfg.reference_logprobs == "precompute"
     if cached:
@@ -249,7 +250,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
         if precompute and not ref_cache.exists():
             used = list(train_examples)
         else:
-            used = [train_examples[i] for i in batches.upcoming(min(total, stop_at_step or total) - start)]
+            used = [train_examples[i] for i in batches.upcoming(end - start)]
         attach_trunk(model, frozen_layers, used + list(val_examples), eval_bs, pad_id, mesh, rules,
                      progress=progress)
     if precompute:
@@ -275,7 +276,7 @@ def train(cfg: TrainConfig, model: Model | None = None, reference: Model | None 
     step, window, last_val = start, _Window(), None
     try:
         with stop_signal:
-            while step < min(total, stop_at_step or total):
+            while step < end:
                 batch = next(batches)
                 if objective.kind == "dpo" and cfg.reference_logprobs == "per_batch":
                     batch["ref_logprobs"] = to_host(fns.reference(ref_model.params, fns.batch_sharding(batch)))
