@@ -103,3 +103,11 @@ def test_each_sentiment_method_gets_its_search_shape():
     sample = cfg.sample_settings
     assert (sample.token, sample.chunk, sample.search) == ("none", "none", Search(1, 1))
     assert (sample.temperature, sample.base_template) == (cfg.sample_temperature, cfg.guide_template)
+
+
+def test_matched_baselines_name_ivg_only_where_ivg_runs():
+    with_ivg = SentimentConfig(run_dir="r", **{**PRESETS["fast"], "methods": "ivg,bon_matched"})
+    without = SentimentConfig(run_dir="r", **{**PRESETS["fast"], "methods": "cbs_explicit,bon_matched"})
+    n = 2 * with_ivg.beams * with_ivg.candidates
+    assert with_ivg.label("bon_matched") == f"best-of-{n} (explicit value, IVG's compute)"
+    assert without.label("bon_matched") == f"best-of-{n} (explicit value, matched compute)"
