@@ -448,3 +448,59 @@ def test_same_size_different_vocabulary_is_refused_at_token_level(models):
     out = generate(base, ["w5 w6"], Guidance(implicit=[ImplicitGuide(same, same)], token="implicit"),
                    max_new_tokens=3)
     assert out.texts is not None and len(out.tokens[0]) == 3
+
+
+@pytest.mark.parametrize("head", ["value", "tied", "untied_softcap", "int8_value"])
+def test_head_at_reads_the_heads_columns(head):
+    """`prefill(head=False)` then `head_at` equals the full head's output at the chosen columns."""
+    from ivg_jax.model.transformer import head_at, prefill
+
+    cfg = {"value": CFG.replace(head="value"), "int8_value": CFG.replace(head="value"),
+           "tied": CFG.replace(tie_embeddings=True), "untied_softcap": CFG.replace(logit_softcap=3.0)}[head]
+    model = ivg_jax.init_model(cfg, 7)
+    if head == "int8_value":
+        model = model.quantize()
+    tokens = jnp.asarray([[5, 6, 7, 8], [0, 0, 9, 10]], jnp.int32)
+    mask = tokens != 0
+    ids = jnp.asarray([3, 60], jnp.int32)
+    full, _ = prefill(model.graphdef, model.params, tokens, mask, capacity=4, last_only=True)
+    hidden, _ = prefill(model.graphdef, model.params, tokens, mask, capacity=4, last_only=True, head=False)
+    assert full.shape == (2, cfg.vocab_size) and hidden.shape == (2, cfg.d_model)
+    got = head_at(model.graphdef, model.params, hidden, ids)
+    np.testing.assert_allclose(got, np.asarray(full)[np.arange(2), np.asarray(ids)], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("token, chunk, search", [("implicit", "explicit", Search(2, 2, 3)),
+                                                  ("none", "explicit", Search(1, 4))])
+def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch, token, chunk, search):
+    """A value model read only at sampled tokens (chunk-level explicit) runs without its [R, V] projection: the
+    same tokens and scores as with it, and the compiled search's FLOPs fall by that projection's 2·D·V per row
+    per step (plus the prefill's, once per prompt) — counted by XLA."""
+    g = Guidance(implicit=[ImplicitGuide(models["tuned0"], models["ref0"], 1.0)],
+                 explicit=ExplicitGuide(models["value"], 2.0), token=token, chunk=chunk)
+    call = engine.plan(models["base"], PROMPTS, g, search, Sampling(1.0), 6, stop_ids=STOP)
+    projected = dataclasses.replace(call.program, value_columns=False)
+    assert call.program.values_at_tokens and not projected.values_at_tokens
+    inputs, _, _ = engine.encode_inputs(call, PROMPTS, 2)
+    params = engine.placed_params(call)
+    (state, best), (state_p, best_p) = (engine.run(p, params, inputs) for p in (call.program, projected))
+    np.testing.assert_array_equal(state.tokens, state_p.tokens)
+    np.testing.assert_array_equal(best, best_p)
+    np.testing.assert_allclose(state.value, state_p.value, rtol=1e-5, atol=1e-6)
+
+    def flops(program):
+        with monkeypatch.context() as m:  # XLA counts a loop's body once: unroll the scans, inline the models
+            m.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
+            for name in ("prefill", "prefill_trunk", "extend", "extend_trunk"):
+                m.setattr(engine, name, getattr(engine, name).__wrapped__)
+            cost = jax.jit(lambda p, i: engine.run.__wrapped__(program, p, i)).lower(params, inputs)
+            cost = cost.compile().cost_analysis()
+        return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    n_prompts = inputs.seeds.shape[0]  # padded to its bucket: the padding prompts run too
+    rows = call.program.width * n_prompts
+    # XLA counts the program's token steps as written: the first chunk's L, then the chunk loop's body once (L).
+    # What the step reads instead, one column per row (D multiply-adds), is negligible next to the projection.
+    expected = 2 * CFG.d_model * CFG.vocab_size * (rows * 2 * call.program.chunk_length + n_prompts)
+    saved = flops(projected) - flops(call.program)
+    assert abs(saved - expected) < 0.05 * expected, (saved, expected)

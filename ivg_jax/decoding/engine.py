@@ -47,7 +47,7 @@ from ivg_jax.errors import InputError, require_count
 from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_prompt_weights, validate
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
-from ivg_jax.model.transformer import extend, extend_trunk, prefill, prefill_trunk, unstack_blocks
+from ivg_jax.model.transformer import extend, extend_trunk, head_at, prefill, prefill_trunk, unstack_blocks
 from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
@@ -71,6 +71,8 @@ class Program:
     compaction: int = 0  # halvings of the batch as rows finish (`_run_compacting`); 0 = every row runs to the end
     prompt_sharing: bool = True  # False: every row holds a copy of its prompt's cache (the measure to compare with)
     unroll_layers: bool = False  # blocks run one after another on per-layer weights (`unstack_blocks`)
+    value_columns: bool = True  # False: the value model projects its whole vocabulary at every step even where
+    # only the sampled tokens' values are read (the measure to compare with)
 
     @property
     def n_implicit(self) -> int:  # G
@@ -93,6 +95,17 @@ class Program:
         """Whether a prompt's W·K rows read one copy of its prompt's keys and values (`KVPrefix`): when it has
         several rows, and rows leave the batch (compaction) only in whole prompts, so rows stay grouped."""
         return self.prompt_sharing and self.width > 1 and (not self.compaction or _unit_rows(self) == self.width)
+
+    @property
+    def values_at_tokens(self) -> bool:
+        """Whether the value model is read only at each row's sampled token (chunk-level explicit values, as in
+        IVG and CBS): its step then keeps its final hidden [R, D] and skips its [R, V] vocab projection — one of
+        the step's vocab projections — reading the head's one column per row instead (`head_at`)."""
+        return self.value_columns and self.has_value and self.token != "explicit"
+
+    def computes_head(self, member: int) -> bool:
+        """Whether the member at this iteration index outputs its head ([R, V]) or its final hidden ([R, D])."""
+        return not (self.values_at_tokens and member == len(self.graphdefs) - 1)
 
     def trunk_of(self, member: int) -> tuple[int, int] | None:
         """(trunk index, its depth) of the member at this iteration index, or None when it runs alone."""
@@ -121,7 +134,8 @@ class DecodeState:
     tokens: jax.Array  # [R, N] int32 generated ids, pad after a row's end
     caches: Members  # one KVCache per member, rows R (a member on a shared trunk: its top blocks only)
     trunk_caches: tuple  # one KVCache per shared trunk (its bottom blocks), rows R
-    outputs: Members  # one [R, V] per member: next-token logits (token values for the value model)
+    outputs: Members  # one [R, V] per member: next-token logits (token values for the value model; its final
+    # hidden [R, D] when it is read only at sampled tokens, `Program.values_at_tokens`)
     implicit_score: jax.Array  # [R] Σ_t Σ_i w_i (log π_tuned_i − log π_ref_i)(y_t)
     value: jax.Array  # [R] explicit value of the response so far, S at its last token
     done: jax.Array  # [R] bool: sampled a stop id or completed a stop string
@@ -205,7 +219,9 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
     if program.chunk == "implicit":
         implicit_score = implicit_score + jnp.where(active, at_token(ratio), 0.0)
     value = state.value
-    if program.has_value:
+    if program.values_at_tokens:
+        value = jnp.where(active, head_at(program.graphdefs.value, params.value, state.outputs.value, token), value)
+    elif program.has_value:
         value = jnp.where(active, at_token(state.outputs.value), value)
     temperature = program.sampling.temperature or 1.0
     guided_t = _log_softmax(guided / temperature)
@@ -215,7 +231,8 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
 
     g, p, c, tok, act = list(program.graphdefs), list(params), list(state.caches), token[:, None], active[:, None]
     stepped, trunk_caches = _forward_members(  # (out [R, 1, V], cache) per member
-        program, lambda i, start, x: extend(g[i], p[i], tok, act, c[i], from_layer=start, trunk=x),
+        program, lambda i, start, x: extend(g[i], p[i], tok, act, c[i], from_layer=start, trunk=x,
+                                            head=program.computes_head(i)),
         lambda t, first, depth: extend_trunk(g[first], p[first], tok, act, state.trunk_caches[t], n_layers=depth))
     stop_state, stopped = advance(stops, state.stop_state, token, active)
     col = state.step  # < n_steps, the width of the token buffer, by construction of the loops
@@ -304,7 +321,7 @@ def _init_state(program: Program, params: Members, inputs: Inputs) -> DecodeStat
 
     def member(i, start, x):  # prefill once per prompt; its rows read it
         out, cache = prefill(g[i], p[i], ids[i], masks[i], capacity=capacity(ids[i]), last_only=True,
-                             from_layer=start, trunk=x)
+                             from_layer=start, trunk=x, head=program.computes_head(i))
         return jnp.take(out, rows, axis=0), rows_cache(cache)
 
     def trunk(t, first, depth):  # its output stays per prompt [P, T, D]: the members' prefills read it

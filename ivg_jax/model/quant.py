@@ -180,6 +180,15 @@ def take_rows(w, ids: jax.Array) -> jax.Array:
     return (rows * jnp.take(w.scale, ids, axis=0).astype(jnp.float32)).astype(w.dtype)
 
 
+def take_columns(w, ids: jax.Array) -> jax.Array:
+    """Columns of a `[in, out]` weight (array or `Int8Weight` scaled per output column) at `ids` [B] -> float32
+    [B, in]: what `x @ w` reads for those outputs alone."""
+    if not is_quantized(w):
+        return jnp.take(w, ids, axis=1).T.astype(jnp.float32)
+    columns = jnp.take(w.values, ids, axis=1).T.astype(jnp.float32)
+    return columns * jnp.take(w.scale.reshape(1, -1), ids, axis=1).T.astype(jnp.float32)
+
+
 def dense(w) -> jax.Array:
     """The weight as a plain array (dequantized when int8): for the einsums that keep the float path (MoE)."""
     return w.dequantize() if is_quantized(w) else w

@@ -16,7 +16,7 @@ from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.layers import Block, Norm, _param, layer_attention, softcap
-from ivg_jax.model.quant import matmul_f32, take_rows
+from ivg_jax.model.quant import matmul_f32, take_columns, take_rows
 
 
 class Transformer(nnx.Module):
@@ -135,12 +135,14 @@ class Transformer(nnx.Module):
         return x, k, v
 
     def top(self, x: jax.Array, positions: jax.Array, from_layer: int, cache: KVCache | None = None,
-            layers: tuple | None = None):
+            layers: tuple | None = None, head: bool = True):
         """The model from block `from_layer` on, given those blocks' input x [B, T, D] (the embedding when
-        `from_layer` is 0) -> (head output float32, new k and v of blocks [from_layer, N))."""
+        `from_layer` is 0) -> (head output float32, or the final-normed hidden without `head`; new k and v of
+        blocks [from_layer, N))."""
         x, k, v = self.blocks_range(x, positions, from_layer, self.cfg.n_layers, cache, copy_weights=False,
                                     layers=layers)
-        return self.head(self.final_norm(x)), k, v
+        h = self.final_norm(x)
+        return (self.head(h) if head else h), k, v
 
     def embed_tokens(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
         """tokens, positions [B, T] -> the first block's input [B, T, D]."""
@@ -168,9 +170,26 @@ class Transformer(nnx.Module):
             w = self.lm_head.get_value()
         return softcap(matmul_f32(h, w), cfg.logit_softcap if cfg.head == "lm" else None)
 
-    def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None):
+    def head_at(self, h: jax.Array, ids: jax.Array) -> jax.Array:
+        """`head(h)` at one vocabulary column per row: h [B, D] (final-normed), ids [B] -> float32 [B], without
+        the [B, V] projection (a chunk score reads the value model only at each row's sampled token)."""
+        cfg = self.cfg
+        if cfg.head == "scalar":
+            raise ValueError("a scalar head has no vocabulary columns")
+        if cfg.head == "value":
+            columns = take_columns(self.value_head.get_value(), ids)
+        elif cfg.tie_embeddings:
+            columns = take_rows(self.embed.get_value(), ids).astype(jnp.float32)
+        else:
+            columns = take_columns(self.lm_head.get_value(), ids)
+        out = jnp.einsum("bd,bd->b", h.astype(jnp.float32), columns)
+        return softcap(out, cfg.logit_softcap if cfg.head == "lm" else None)
+
+    def __call__(self, tokens, positions, cache: KVCache | None = None, layers: tuple | None = None,
+                 head: bool = True):
+        """-> (head output float32, or the final-normed hidden [B, T, D] without `head`; new k and v)."""
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)
-        return self.head(h), k, v
+        return (self.head(h) if head else h), k, v
 
 
 def per_layer(params: dict) -> bool:
@@ -241,16 +260,17 @@ def _fresh_cache(k, v, positions: jax.Array, capacity: int) -> KVCache:
     return like.empty_like(positions.shape[0], capacity).write(k, v, positions)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only", "from_layer"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "last_only", "from_layer", "head"))
 def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int, last_only: bool = False,
-            from_layer: int = 0, trunk: jax.Array | None = None):
+            from_layer: int = 0, trunk: jax.Array | None = None, head: bool = True):
     """Runs padded prompts into a fresh cache of `capacity` slots.
 
     tokens, mask: [B, T] -> (head output float32 [B, T, ...], or [B, ...] at each row's last prompt token when
     `last_only`, which skips the vocab projection of every other position; KVCache with index T).
     `from_layer` > 0: `trunk` [B, T, D] is the output of blocks [0, from_layer) for these tokens
     (`prefill_trunk`, run once for models whose bottom blocks are equal), and the cache holds blocks
-    [from_layer, N) only.
+    [from_layer, N) only. Without `head`, the final-normed hidden [B, (T,) D] instead of the head output (read
+    at chosen columns with `head_at`).
     """
     _check_capacity(tokens, capacity)
     model, layers = _merge(graphdef, params)
@@ -258,7 +278,9 @@ def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int,
     x = trunk if from_layer else model.embed_tokens(tokens, positions)
     h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers, copy_weights=False, layers=layers)
     h = model.final_norm(h)
-    out = model.head(last_valid(h, mask)[:, None])[:, 0] if last_only else model.head(h)
+    if last_only:
+        h = last_valid(h, mask)
+    out = (model.head(h[:, None])[:, 0] if last_only else model.head(h)) if head else h
     return out, _fresh_cache(k, v, positions, capacity)
 
 
@@ -274,21 +296,27 @@ def prefill_trunk(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity
     return x, _fresh_cache(k, v, positions, capacity)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "from_layer"), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "from_layer", "head"), donate_argnames=("cache",))
 def extend(graphdef, params, tokens: jax.Array, mask: jax.Array, cache: KVCache, from_layer: int = 0,
-           trunk: jax.Array | None = None):
+           trunk: jax.Array | None = None, head: bool = True):
     """Appends T tokens per row (T=1 is a decode step) and returns their outputs and the updated cache.
 
     tokens, mask: [B, T]; rows whose mask is 0 write padding slots that later queries never see. `from_layer`,
-    `trunk` [B, T, D]: as in `prefill` (the trunk from `extend_trunk`; the cache holds the top blocks).
+    `trunk` [B, T, D]: as in `prefill` (the trunk from `extend_trunk`; the cache holds the top blocks). `head`:
+    as in `prefill`.
     """
     model, layers = _merge(graphdef, params)
     positions = positions_from_mask(mask, cache.next_positions())
     if from_layer:
-        out, k, v = model.top(trunk, positions, from_layer, cache, layers)
+        out, k, v = model.top(trunk, positions, from_layer, cache, layers, head=head)
     else:
-        out, k, v = model(tokens, positions, cache, layers)
+        out, k, v = model(tokens, positions, cache, layers, head=head)
     return out, _updated(cache, k, v, positions)
+
+
+def head_at(graphdef, params, h: jax.Array, ids: jax.Array) -> jax.Array:
+    """`Model.head_at` of the model (graphdef, params): h [B, D], ids [B] -> float32 [B]."""
+    return _merge(graphdef, params)[0].head_at(h, ids)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "n_layers"), donate_argnames=("cache",))
