@@ -28,10 +28,15 @@ import sys
 
 # name -> XLA_FLAGS. Every set names the XNNPACK flag explicitly, so tune_cpu() (which only adds a flag the user
 # has not set) leaves each set as written.
+# Since jaxlib 0.10 XLA:CPU hands dots to YNNPACK fusions (`ynn_fusion.N` in a profile) whether or not XNNPACK is
+# on, so "xla" differs from "xnnpack" only outside dots; "eigen" also turns the YNNPACK fusions off (XLA's own Eigen
+# dots) and "onednn" routes the dots to oneDNN instead.
+_NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
 FLAG_SETS = {
     "xla": "--xla_cpu_use_xnnpack=false",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
-    "onednn": "--xla_cpu_use_xnnpack=false --xla_cpu_experimental_onednn_custom_call=true",
+    "eigen": f"--xla_cpu_use_xnnpack=false {_NO_YNN}",
+    "onednn": f"--xla_cpu_use_xnnpack=false {_NO_YNN} --xla_cpu_experimental_onednn_custom_call=true",
 }
 
 
