@@ -23,3 +23,27 @@ def with_xla_flags(current: str, flags) -> str:
 def tune_cpu() -> None:
     """Adds the CPU flags to XLA_FLAGS unless the user set them. Must run before JAX creates its backends."""
     os.environ["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""), CPU_FLAGS)
+
+
+def free_memory_bytes(devices) -> int | None:
+    """Bytes free where an array spread over `devices` would live: the host's available memory for CPU devices
+    (they all share it), else the least free on any one device times their count; None when unknown."""
+    devices = list(devices)
+    if not devices:
+        return None
+    if devices[0].platform == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+    free = []
+    for device in devices:
+        stats = device.memory_stats() or {}
+        if "bytes_limit" not in stats:
+            return None
+        free.append(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return min(free) * len(free)

@@ -504,3 +504,26 @@ def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch
     expected = 2 * CFG.d_model * CFG.vocab_size * (rows * 2 * call.program.chunk_length + n_prompts)
     saved = flops(projected) - flops(call.program)
     assert abs(saved - expected) < 0.05 * expected, (saved, expected)
+
+
+def test_a_search_too_large_for_free_memory_is_refused_before_it_runs(models, monkeypatch):
+    """The decode state is sized from shapes before anything runs: its size equals the real state's bytes, and a
+    search whose state exceeds the free memory is one line (InputError) instead of an OOM kill after compiling."""
+    g = _guidance(models, "implicit", "explicit")
+    call = engine.plan(models["base"], PROMPTS, g, Search(2, 2, 3), Sampling(1.0), 6, stop_ids=STOP)
+    inputs, _, _ = engine.encode_inputs(call, PROMPTS, 0)
+    params = engine.placed_params(call)
+    state = engine.init_state(call.program, params, inputs)
+    need = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    assert engine._state_bytes(call.program, params, inputs) == need
+
+    def no_run(*args):
+        raise AssertionError("the search ran")
+
+    monkeypatch.setattr(engine, "run", no_run)
+    monkeypatch.setattr(engine, "free_memory_bytes", lambda devices: need - 1)
+    with pytest.raises(InputError, match=r"needs at least .* for its decode state .* is free; decode fewer prompts"):
+        generate(models["base"], PROMPTS, g, Search(2, 2, 3), max_new_tokens=6, stop_ids=STOP)
+    monkeypatch.undo()
+    monkeypatch.setattr(engine, "free_memory_bytes", lambda devices: need)
+    generate(models["base"], PROMPTS, g, Search(2, 2, 3), max_new_tokens=6, stop_ids=STOP)  # fits: runs

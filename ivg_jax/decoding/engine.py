@@ -48,6 +48,7 @@ from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_p
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, extend_trunk, head_at, prefill, prefill_trunk, unstack_blocks
+from ivg_jax.runtime import free_memory_bytes
 from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
@@ -538,10 +539,49 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     inputs, prompt_tokens, w_host = encode_inputs(call, prompts, seed, implicit_weights, explicit_weight)
     mesh = call.program.mesh  # each sharded dispatch settles before the next on CPU meshes (sharding.settle)
     params = settle((placed_params(call), inputs), mesh)[0]
+    check_memory(call.program, params, inputs)
     if call.host_kind is None:
         state, best = settle(run(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
     return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
+
+
+def check_memory(program: Program, params: Members, inputs: Inputs) -> None:
+    """Refuses, in one line, a search whose decode state alone exceeds the memory free where it would run (the
+    weights are placed already). Without it such a search compiles and is then killed by the OS on CPU, with no
+    message, or fails with a long allocation error on an accelerator. The state — every member's KV caches and
+    outputs, the rows' tokens and scores — is sized from shapes (nothing is allocated); it is a lower bound of
+    what the search needs, so only searches that cannot fit are refused."""
+    need = _state_bytes(program, params, inputs)
+    devices = program.mesh.devices.flat if program.mesh is not None else jax.tree.leaves(params)[0].devices()
+    free = free_memory_bytes(devices)
+    if free is not None and need > free:
+        raise InputError(
+            f"this search needs at least {_size(need)} for its decode state ({inputs.seeds.shape[0]} prompts x "
+            f"{program.width} rows, {program.n_steps} new tokens, {len(program.graphdefs)} models' KV caches) but "
+            f"{_size(free)} is free; decode fewer prompts per call, fewer beams or candidates, or fewer new tokens")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def _shapes(tree):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+
+
+@functools.lru_cache(maxsize=64)
+def _state_bytes_cached(program: Program, treedef, leaves: tuple) -> int:
+    params, inputs = jax.tree.unflatten(treedef, list(leaves))
+    state = jax.eval_shape(lambda p, i: init_state(program, p, i), params, inputs)
+    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def _state_bytes(program: Program, params, inputs) -> int:
+    """Bytes of the search's decode state, from the shapes of its weights and inputs (arrays or shapes; traced
+    once per program and shapes)."""
+    leaves, treedef = jax.tree.flatten(_shapes((params, inputs)))
+    return _state_bytes_cached(program, treedef, tuple(leaves))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
