@@ -231,7 +231,7 @@ def _token_step(program: Program, params: Members, w_implicit, w_explicit, stops
     kl = jnp.where(active, jnp.sum(jnp.exp(guided_t) * (guided_t - base_t), axis=-1), 0.0)
 
     g, p, c, tok, act = list(program.graphdefs), list(params), list(state.caches), token[:, None], active[:, None]
-    stepped, trunk_caches = _forward_members(  # (out [R, 1, V], cache) per member
+    stepped, trunk_caches = _forward_members(  # (out [R, 1, V] or [R, 1, D] (`computes_head`), cache) per member
         program, lambda i, start, x: extend(g[i], p[i], tok, act, c[i], from_layer=start, trunk=x,
                                             head=program.computes_head(i)),
         lambda t, first, depth: extend_trunk(g[first], p[first], tok, act, state.trunk_caches[t], n_layers=depth))
