@@ -474,8 +474,8 @@ def test_head_at_reads_the_heads_columns(head):
                                                   ("none", "explicit", Search(1, 4))])
 def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch, token, chunk, search):
     """A value model read only at sampled tokens (chunk-level explicit) runs without its [R, V] projection: the
-    same tokens and scores as with it, and the compiled search's FLOPs fall by that projection's 2·D·V per row
-    per step (plus the prefill's, once per prompt) — counted by XLA."""
+    same tokens and scores as with it, and the compiled token step's FLOPs fall by that projection's 2·D·V per
+    row — counted by XLA."""
     g = Guidance(implicit=[ImplicitGuide(models["tuned0"], models["ref0"], 1.0)],
                  explicit=ExplicitGuide(models["value"], 2.0), token=token, chunk=chunk)
     call = engine.plan(models["base"], PROMPTS, g, search, Sampling(1.0), 6, stop_ids=STOP)
@@ -488,21 +488,22 @@ def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch
     np.testing.assert_array_equal(best, best_p)
     np.testing.assert_allclose(state.value, state_p.value, rtol=1e-5, atol=1e-6)
 
-    def flops(program):
-        with monkeypatch.context() as m:  # XLA counts a loop's body once: unroll the scans, inline the models
+    rows = jnp.repeat(jnp.arange(inputs.seeds.shape[0]), call.program.width)
+    w_imp, w_exp = inputs.w_implicit[rows], inputs.w_explicit[rows]
+
+    def step_flops(program):  # one token step, its block scan unrolled and the models' jitted steps inlined
+        state = engine.init_state(program, params, inputs)
+        with monkeypatch.context() as m:
             m.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
-            for name in ("prefill", "prefill_trunk", "extend", "extend_trunk"):
+            for name in ("extend", "extend_trunk"):
                 m.setattr(engine, name, getattr(engine, name).__wrapped__)
-            cost = jax.jit(lambda p, i: engine.run.__wrapped__(program, p, i)).lower(params, inputs)
-            cost = cost.compile().cost_analysis()
+            cost = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s)).lower(
+                params, state).compile().cost_analysis()
         return (cost[0] if isinstance(cost, list) else cost)["flops"]
 
-    n_prompts = inputs.seeds.shape[0]  # padded to its bucket: the padding prompts run too
-    rows = call.program.width * n_prompts
-    # XLA counts the program's token steps as written: the first chunk's L, then the chunk loop's body once (L).
-    # What the step reads instead, one column per row (D multiply-adds), is negligible next to the projection.
-    expected = 2 * CFG.d_model * CFG.vocab_size * (rows * 2 * call.program.chunk_length + n_prompts)
-    saved = flops(projected) - flops(call.program)
+    # what the step reads instead, one column per row (D multiply-adds), is negligible next to the projection
+    expected = 2 * CFG.d_model * CFG.vocab_size * rows.shape[0]
+    saved = step_flops(projected) - step_flops(call.program)
     assert abs(saved - expected) < 0.05 * expected, (saved, expected)
 
 
