@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from oracle import word_tokenizer
 from reference_search import log_softmax, reference_search
+from step_cost import token_step_flops
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
@@ -486,22 +487,10 @@ def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch
     np.testing.assert_array_equal(best, best_p)
     np.testing.assert_allclose(state.value, state_p.value, rtol=1e-5, atol=1e-6)
 
-    rows = jnp.repeat(jnp.arange(inputs.seeds.shape[0]), call.program.width)
-    w_imp, w_exp = inputs.w_implicit[rows], inputs.w_explicit[rows]
-
-    def step_flops(program):  # one token step, its block scan unrolled and the models' jitted steps inlined
-        state = engine.init_state(program, params, inputs)
-        with monkeypatch.context() as m:
-            m.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
-            for name in ("extend", "extend_trunk"):
-                m.setattr(engine, name, getattr(engine, name).__wrapped__)
-            cost = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s)).lower(
-                params, state).compile().cost_analysis()
-        return (cost[0] if isinstance(cost, list) else cost)["flops"]
-
     # what the step reads instead, one column per row (D multiply-adds), is negligible next to the projection
-    expected = 2 * CFG.d_model * CFG.vocab_size * rows.shape[0]
-    saved = step_flops(projected) - step_flops(call.program)
+    expected = 2 * CFG.d_model * CFG.vocab_size * call.program.width * inputs.seeds.shape[0]
+    saved = (token_step_flops(projected, params, inputs, monkeypatch)
+             - token_step_flops(call.program, params, inputs, monkeypatch))
     assert abs(saved - expected) < 0.05 * expected, (saved, expected)
 
 

@@ -3,12 +3,12 @@ them once per step. Found from the weights alone; the search's results are bit-i
 in full (the oracle: the same call with sharing switched off); the compiled program does less work."""
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from step_cost import token_step_flops
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
@@ -145,19 +145,7 @@ def test_the_shared_program_does_less_work(models, monkeypatch):
     ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
     monkeypatch.setattr(engine, "shared_trunks", lambda *a: ())
     ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
-    flops = {}
-    for shared, (program, params, inputs) in calls.items():  # of one compiled token step
-        state = engine.init_state(program, params, inputs)
-        rows = jnp.repeat(jnp.arange(inputs.seeds.shape[0]), program.width)
-        w_imp, w_exp = inputs.w_implicit[rows], inputs.w_explicit[rows]
-        with monkeypatch.context() as m:  # XLA counts a loop's body once: unroll the block scans, inline the steps
-            m.setattr(jax.lax, "scan", functools.partial(jax.lax.scan, unroll=True))
-            for name in ("extend", "extend_trunk"):
-                m.setattr(engine, name, getattr(engine, name).__wrapped__)
-            step = jax.jit(lambda p, s, program=program, w_imp=w_imp, w_exp=w_exp, stops=inputs.stops:
-                           engine._token_step(program, p, w_imp, w_exp, stops, s))
-            cost = step.lower(params, state).compile().cost_analysis()
-        flops[shared] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    flops = {shared: token_step_flops(*args, monkeypatch) for shared, args in calls.items()}
     # 4 members x 4 blocks = 16 block passes per token alone; shared: 2 (the trunk, once) + 4 x 2 (each
     # member's top blocks) = 10. The heads, sampling and guidance are the same in both.
     print(flops, flops[True] / flops[False])
