@@ -279,9 +279,9 @@ def prefill(graphdef, params, tokens: jax.Array, mask: jax.Array, capacity: int,
     h, k, v = model.blocks_range(x, positions, from_layer, model.cfg.n_layers, copy_weights=False, layers=layers)
     h = model.final_norm(h)
     if last_only:
-        h = last_valid(h, mask)
-    out = (model.head(h[:, None])[:, 0] if last_only else model.head(h)) if head else h
-    return out, _fresh_cache(k, v, positions, capacity)
+        h = last_valid(h, mask)[:, None]  # [B, 1, D]
+    out = model.head(h) if head else h
+    return (out[:, 0] if last_only else out), _fresh_cache(k, v, positions, capacity)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "capacity", "n_layers"))

@@ -44,8 +44,8 @@ METHOD_LABELS = {
     "base": "base (plain sampling)", "bon": "best-of-{n} (explicit value)", "eft": "EFT (implicit, token level)",
     "cbs_implicit": "CBS implicit", "cbs_explicit": "CBS explicit", "ivg": "IVG (implicit token + explicit chunk)",
     "ivg_reversed": "reversed IVG (explicit token + implicit chunk)",
-    "bon_matched": "best-of-{n_matched} (explicit value, IVG's compute)",
-    "cbs_explicit_matched": "CBS explicit, K = {k_matched} (IVG's compute)",
+    "bon_matched": "best-of-{n_matched} (explicit value, {matched})",
+    "cbs_explicit_matched": "CBS explicit, K = {k_matched} ({matched})",
     "bon_guide": "best-of-{n} from the guide model alone",
 }
 PROMPTS_DIR = Path(__file__).parent / "prompts"
@@ -186,11 +186,10 @@ class SentimentConfig:
                               guide_template=self.guide_template, stop=self.stop_string)
 
     def label(self, method: str) -> str:
-        label = METHOD_LABELS[method].format(n=self.bon_n, n_matched=self.matched_bon_n,
-                                             k_matched=self.matched_candidates)
-        if "ivg" not in self.method_list:  # cross-vocabulary runs have no IVG to point at; the compute column says
-            label = label.replace("IVG's compute", "matched compute")
-        return label
+        # cross-vocabulary runs have no IVG to point at; the compute column says what was matched
+        matched = "IVG's compute" if "ivg" in self.method_list else "matched compute"
+        return METHOD_LABELS[method].format(n=self.bon_n, n_matched=self.matched_bon_n,
+                                            k_matched=self.matched_candidates, matched=matched)
 
 
 @functools.lru_cache(maxsize=8)
