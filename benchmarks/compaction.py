@@ -38,8 +38,8 @@ from ivg_jax.experiments.sentiment.pipeline import PROMPTS_DIR  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-from cpu_flags import cpu_name  # noqa: E402
-from timing import timed  # noqa: E402
+
+from timing import cpu_name, timed  # noqa: E402
 
 
 def main() -> None:

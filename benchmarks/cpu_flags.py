@@ -22,9 +22,10 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import subprocess
 import sys
+
+from timing import cpu_name  # benchmarks/ is on sys.path when run as a script
 
 # name -> XLA_FLAGS. Every set names the XNNPACK flag explicitly, so tune_cpu() (which only adds a flag the user
 # has not set) leaves each set as written.
@@ -39,15 +40,6 @@ FLAG_SETS = {
     "onednn": f"--xla_cpu_use_xnnpack=false {_NO_YNN} --xla_cpu_experimental_onednn_custom_call=true",
 }
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_has(flag: str) -> bool:

@@ -22,26 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 
-from timing import report, timed
+from timing import cpu_name, report, timed
 
 PROMPT_WORDS = ("Here is a movie review from imdb: the film was one of the best and worst things I have "
                 "seen this year, with actors who").split()
 
-
-def cpu_name() -> str:
-    """The CPU's model name (hosts of one kind of machine differ: a Xeon one day, an EPYC the next)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def prompts(batch: int) -> list[str]:

@@ -7,9 +7,25 @@ from __future__ import annotations
 
 import os
 
+from ivg_jax.errors import InputError
+
 # XNNPACK's kernels beat XLA:CPU's default dot emitter on the skinny matmuls of batched decoding (measured
 # ~1.2-1.6x per SmolLM2 decode step on 2 cores; numerics within the float32 parity tests' tolerance).
 CPU_FLAGS = ("--xla_cpu_use_xnnpack=true",)
+
+
+# The library XLA:CPU hands a search's matmuls to, chosen per compiled search (jit's `compiler_options`: the rest
+# of the process keeps XLA's default). jaxlib's default, YNNPACK (`xla`), is fastest at one or a few rows and from
+# ~64 rows on; around 8-48 rows (one prompt's W·K = 16) oneDNN or XLA's own Eigen dots are faster on AVX2 CPUs.
+# `python benchmarks/cpu_matmuls.py` measures it side by side on a machine. Accelerators ignore the choice.
+_NO_YNNPACK = {"xla_cpu_use_xnnpack": False, "xla_cpu_experimental_ynn_fusion_type": ""}
+CPU_MATMULS = {"xla": None, "onednn": {**_NO_YNNPACK, "xla_cpu_experimental_onednn_custom_call": True},
+               "eigen": _NO_YNNPACK}
+
+
+def check_cpu_matmuls(cpu_matmuls: str) -> None:
+    if cpu_matmuls not in CPU_MATMULS:
+        raise InputError(f"cpu_matmuls must be one of {', '.join(CPU_MATMULS)}; got {cpu_matmuls!r}")
 
 
 def with_xla_flags(current: str, flags) -> str:

@@ -61,6 +61,7 @@ CASES = {
     "nan temperature": (DECODE + ["--temperature", "nan"], "temperature"),
     "top-p 0": (DECODE + ["--top-p", "0"], "top_p"),
     "top-p 1.5": (DECODE + ["--top-p", "1.5"], "top_p"),
+    "unknown CPU matmul library": (DECODE + ["--cpu-matmuls", "mkl"], "cpu_matmuls must be one of xla, onednn, eigen"),
     "top-k -1": (DECODE + ["--top-k", "-1"], "top_k"),
     "num shards 0": (DECODE + ["--num-shards", "0"], "num_shards must be >= 1"),
     "input not UTF-8": (["decode", "--input", "{d}/latin1.jsonl", "--output", "{d}/o2.jsonl"],

@@ -48,7 +48,7 @@ from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_p
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, extend_trunk, head_at, prefill, prefill_trunk, unstack_blocks
-from ivg_jax.runtime import free_memory_bytes
+from ivg_jax.runtime import CPU_MATMULS, check_cpu_matmuls, free_memory_bytes
 from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
@@ -368,8 +368,7 @@ def _best_rows(program: Program, scores: jax.Array) -> jax.Array:
     return jnp.arange(n_prompts) * program.width + jnp.argmax(scores.reshape(n_prompts, program.width), axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("program",))
-def run(program: Program, params: Members, inputs: Inputs):
+def _search(program: Program, params: Members, inputs: Inputs):
     """The whole search -> the final `DecodeState` (rows R = P·W·K) and the best row of each prompt [P]."""
     params = _decode_layout(program, params)
     if program.compaction:
@@ -380,6 +379,16 @@ def run(program: Program, params: Members, inputs: Inputs):
         lambda s: (s.chunk + 1 < program.n_chunks) & ~jnp.all(s.done),
         lambda s: chunk(_select(program, s)[0]), state)
     return state, _best_rows(program, chunk_scores(program, state))
+
+
+run = jax.jit(_search, static_argnames=("program",))
+
+
+@functools.cache
+def _run_with(cpu_matmuls: str):
+    """`run`, compiled with the XLA:CPU options of `cpu_matmuls` (one jitted function, and its cache, per choice)."""
+    options = CPU_MATMULS[cpu_matmuls]
+    return run if options is None else jax.jit(_search, static_argnames=("program",), compiler_options=options)
 
 
 # ------------------------------------------------------------------------------- finished-row compaction
@@ -518,7 +527,7 @@ def _prompt_seeds(seed, n_prompts: int) -> np.ndarray:
 def generate(base: Model, prompts, guidance: Guidance | None = None, search: Search | None = None,
              sampling: Sampling | None = None, max_new_tokens: int = 50, seed=0, stop_strings: Sequence[str] = (),
              stop_ids: Sequence[int] | None = None, implicit_weights=None, explicit_weight=None,
-             mesh=None, compaction: int = 0, unroll_layers: bool = False) -> Generation:
+             mesh=None, compaction: int = 0, unroll_layers: bool = False, cpu_matmuls: str = "xla") -> Generation:
     """Guided generation for a batch of prompts (strings or token-id lists).
 
     `seed`: an int, or one int per prompt (a prompt's result then depends only on its own seed, whatever else is
@@ -533,7 +542,12 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     no weight or cache copies per token), at the price of ~3x the compile time (benchmarks/ivg_peak.py) and,
     for models whose blocks are stacked, one copy of them for the call. Models that hold their blocks per layer
     (`load_model(per_layer=True)`, `Model.with_layout`) run that way without a copy, whatever this flag says.
+    `cpu_matmuls`: the library XLA:CPU runs the search's matmuls with — "xla" (its default, YNNPACK), "onednn" or
+    "eigen"; the latter two are up to ~1.4x faster around 8-48 rows on AVX2 CPUs and slower elsewhere (measure
+    with benchmarks/cpu_matmuls.py). Results equal up to float rounding. Ignored off CPU and for chunk scores of
+    another tokenizer (scored on the host between compiled chunks).
     """
+    check_cpu_matmuls(cpu_matmuls)
     call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh, compaction,
                 unroll_layers)
     inputs, prompt_tokens, w_host = encode_inputs(call, prompts, seed, implicit_weights, explicit_weight)
@@ -541,7 +555,8 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     params = settle((placed_params(call), inputs), mesh)[0]
     check_memory(call.program, params, inputs)
     if call.host_kind is None:
-        state, best = settle(run(call.program, params, inputs), mesh)
+        search = _run_with(cpu_matmuls if jax.default_backend() == "cpu" else "xla")
+        state, best = settle(search(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
     return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
 

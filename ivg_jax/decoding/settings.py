@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from ivg_jax.errors import InputError, check_template, require_count, require_positive
 from ivg_jax.guidance import MODES, Guidance, Search, guidance_for
+from ivg_jax.runtime import check_cpu_matmuls
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,12 +37,14 @@ class DecodeSettings:
     stop: str = ""  # a string that ends a continuation; "" = none
     compaction: int = 0  # halve the batch up to this many times as rows finish (speed only; results unchanged)
     unroll_layers: bool = False  # blocks on per-layer weights (speed for memory and compile time; results unchanged)
+    cpu_matmuls: str = "xla"  # XLA:CPU's matmul library for the search: "xla" (YNNPACK), "onednn" or "eigen"
 
     def __post_init__(self):
         if self.token not in MODES or self.chunk not in MODES:
             raise InputError(f"token and chunk must be one of {MODES}; got token={self.token!r}, chunk={self.chunk!r}")
         require_positive(self, ("beams", "candidates", "max_new_tokens"))
         require_count(self.compaction, "compaction", "halvings of the batch as rows finish")
+        check_cpu_matmuls(self.cpu_matmuls)
         if self.chunk_length is not None and self.chunk_length < 1:
             raise InputError(f"chunk_length must be >= 1 (or unset); got {self.chunk_length}")
         check_template(self.base_template, "base_template")
@@ -88,4 +91,5 @@ class DecodeSettings:
 
         return generate(base, list(prompts), guidance, self.search, self.sampling,
                         max_new_tokens=self.max_new_tokens, seed=list(seeds), stop_strings=self.stop_strings,
-                        compaction=self.compaction, unroll_layers=self.unroll_layers)
+                        compaction=self.compaction, unroll_layers=self.unroll_layers,
+                        cpu_matmuls=self.cpu_matmuls)
