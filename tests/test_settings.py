@@ -51,6 +51,8 @@ def test_job_settings_hash_is_the_one_earlier_versions_wrote():
                            chunk_length=3, stop="x").config_hash() == "ff916a6a88e7"
     # int8 weights change results, so a job resumed with them starts over
     assert DecodeJobConfig(input="a", output="b", quantize="int8").config_hash() != "670bd9d13bbc"
+    # so does another matmul library (float rounding can change a sampled token)
+    assert DecodeJobConfig(input="a", output="b", cpu_matmuls="onednn").config_hash() != "670bd9d13bbc"
 
 
 def test_search_sampling_and_stops_come_from_the_settings():
