@@ -148,7 +148,6 @@ def test_the_shared_program_does_less_work(models, monkeypatch):
     flops = {shared: token_step_flops(*args, monkeypatch) for shared, args in calls.items()}
     # 4 members x 4 blocks = 16 block passes per token alone; shared: 2 (the trunk, once) + 4 x 2 (each
     # member's top blocks) = 10. The heads, sampling and guidance are the same in both.
-    print(flops, flops[True] / flops[False])
     assert flops[True] < 0.85 * flops[False], flops
 
 

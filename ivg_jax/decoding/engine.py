@@ -386,9 +386,9 @@ run = jax.jit(_search, static_argnames=("program",))
 
 @functools.cache
 def _run_with(cpu_matmuls: str):
-    """`run`, compiled with the XLA:CPU options of `cpu_matmuls` (one jitted function, and its cache, per choice)."""
-    options = CPU_MATMULS[cpu_matmuls]
-    return run if options is None else jax.jit(_search, static_argnames=("program",), compiler_options=options)
+    """`run` compiled with the XLA:CPU options of another matmul library (one jitted function, and its cache, per
+    library)."""
+    return jax.jit(_search, static_argnames=("program",), compiler_options=CPU_MATMULS[cpu_matmuls])
 
 
 # ------------------------------------------------------------------------------- finished-row compaction
@@ -544,8 +544,8 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     (`load_model(per_layer=True)`, `Model.with_layout`) run that way without a copy, whatever this flag says.
     `cpu_matmuls`: the library XLA:CPU runs the search's matmuls with — "xla" (its default, YNNPACK), "onednn" or
     "eigen"; on an AVX2 EPYC the latter two ran one prompt's 16-row SmolLM2 search 1.3-1.5x faster and 4 or
-    >= 64 rows slower (measure on yours with benchmarks/cpu_matmuls.py). Results equal up to float rounding. Ignored off CPU and for chunk scores of
-    another tokenizer (scored on the host between compiled chunks).
+    >= 64 rows slower (measure on yours with benchmarks/cpu_matmuls.py). Results equal up to float rounding.
+    Ignored off CPU and for chunk scores of another tokenizer (scored on the host between compiled chunks).
     """
     check_cpu_matmuls(cpu_matmuls)
     call = plan(base, prompts, guidance, search, sampling, max_new_tokens, stop_strings, stop_ids, mesh, compaction,
@@ -555,7 +555,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     params = settle((placed_params(call), inputs), mesh)[0]
     check_memory(call.program, params, inputs)
     if call.host_kind is None:
-        search = _run_with(cpu_matmuls if jax.default_backend() == "cpu" else "xla")
+        search = run if cpu_matmuls == "xla" or jax.default_backend() != "cpu" else _run_with(cpu_matmuls)
         state, best = settle(search(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
     return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
