@@ -38,7 +38,6 @@ from ivg_jax.experiments.sentiment.pipeline import PROMPTS_DIR  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
-
 from timing import cpu_name, timed  # noqa: E402
 
 

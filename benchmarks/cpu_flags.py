@@ -27,19 +27,27 @@ import sys
 
 from timing import cpu_name  # benchmarks/ is on sys.path when run as a script
 
+from ivg_jax.runtime import CPU_MATMULS
+
+
+def as_xla_flags(options: dict) -> str:
+    """jit `compiler_options` ({name: value}) as the XLA_FLAGS string that sets them for a whole process."""
+    return " ".join(f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
+                    for name, value in options.items())
+
+
 # name -> XLA_FLAGS. Every set names the XNNPACK flag explicitly, so tune_cpu() (which only adds a flag the user
 # has not set) leaves each set as written.
 # Since jaxlib 0.10 XLA:CPU hands dots to YNNPACK fusions (`ynn_fusion.N` in a profile) whether or not XNNPACK is
 # on, so "xla" differs from "xnnpack" only outside dots; "eigen" also turns the YNNPACK fusions off (XLA's own Eigen
-# dots) and "onednn" routes the dots to oneDNN instead.
-_NO_YNN = "--xla_cpu_experimental_ynn_fusion_type="
+# dots) and "onednn" routes the dots to oneDNN instead — the options `generate(cpu_matmuls=...)` compiles one
+# search with (`ivg_jax.runtime.CPU_MATMULS`), here for the whole process.
 FLAG_SETS = {
     "xla": "--xla_cpu_use_xnnpack=false",
     "xnnpack": "--xla_cpu_use_xnnpack=true",
-    "eigen": f"--xla_cpu_use_xnnpack=false {_NO_YNN}",
-    "onednn": f"--xla_cpu_use_xnnpack=false {_NO_YNN} --xla_cpu_experimental_onednn_custom_call=true",
+    "eigen": as_xla_flags(CPU_MATMULS["eigen"]),
+    "onednn": as_xla_flags(CPU_MATMULS["onednn"]),
 }
-
 
 
 def cpu_has(flag: str) -> bool:

@@ -34,7 +34,6 @@ PROMPT_WORDS = ("Here is a movie review from imdb: the film was one of the best 
                 "seen this year, with actors who").split()
 
 
-
 def prompts(batch: int) -> list[str]:
     # different lengths, so padding is exercised as in real batches
     return [" ".join(PROMPT_WORDS[: 8 + (i % 8)]) for i in range(batch)]
