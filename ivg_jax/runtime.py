@@ -15,8 +15,8 @@ CPU_FLAGS = ("--xla_cpu_use_xnnpack=true",)
 
 
 # The library XLA:CPU hands a search's matmuls to, chosen per compiled search (jit's `compiler_options`: the rest
-# of the process keeps XLA's default). jaxlib's default, YNNPACK (`xla`), is fastest at one or a few rows and from
-# ~64 rows on; around 8-48 rows (one prompt's W·K = 16) oneDNN or XLA's own Eigen dots are faster on AVX2 CPUs.
+# of the process keeps XLA's default). jaxlib's default, YNNPACK (`xla`), is fastest at one or a few rows and at
+# 64 rows; around 8-48 rows (one prompt's W·K = 16) oneDNN or XLA's own Eigen dots are faster on AVX2 CPUs.
 # `python benchmarks/cpu_matmuls.py` measures it side by side on a machine. Accelerators ignore the choice.
 _NO_YNNPACK = {"xla_cpu_use_xnnpack": False, "xla_cpu_experimental_ynn_fusion_type": ""}
 CPU_MATMULS = {"xla": None, "onednn": {**_NO_YNNPACK, "xla_cpu_experimental_onednn_custom_call": True},

@@ -544,7 +544,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     (`load_model(per_layer=True)`, `Model.with_layout`) run that way without a copy, whatever this flag says.
     `cpu_matmuls`: the library XLA:CPU runs the search's matmuls with — "xla" (its default, YNNPACK), "onednn" or
     "eigen"; on an AVX2 EPYC the latter two ran one prompt's 16-row SmolLM2 search 1.3-1.5x faster and 4 or
-    >= 64 rows slower (measure on yours with benchmarks/cpu_matmuls.py). Results equal up to float rounding.
+    64 rows slower (measure on yours with benchmarks/cpu_matmuls.py). Results equal up to float rounding.
     Ignored off CPU and for chunk scores of another tokenizer (scored on the host between compiled chunks).
     """
     check_cpu_matmuls(cpu_matmuls)
