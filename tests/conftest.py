@@ -35,6 +35,12 @@ from ivg_jax.runtime import with_xla_flags  # noqa: E402  (after the JAX variabl
 SUITE_XLA_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = with_xla_flags(os.environ.get("XLA_FLAGS", ""), SUITE_XLA_FLAGS)
 
+
+def users_xla_flags() -> str:
+    """XLA_FLAGS without the suite's compile-time settings: for processes that run a compiled 135M model long
+    enough to lose more in run time than they gain in compiling (the notebooks: 8-20% faster with these)."""
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in SUITE_XLA_FLAGS)
+
 import pytest  # noqa: E402
 from oracle import FAMILIES, make_hf_model  # noqa: E402
 

@@ -288,9 +288,9 @@ def test_beam_reordering_needs_no_second_copy_of_the_caches():
     import subprocess
     import sys
 
-    from conftest import SUITE_XLA_FLAGS
+    from conftest import users_xla_flags
 
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if f not in SUITE_XLA_FLAGS)
+    flags = users_xla_flags()
 
     def temp_over_state(variant):
         proc = subprocess.run([sys.executable, "-c", _TEMP_OVER_STATE, variant], capture_output=True, text=True,
