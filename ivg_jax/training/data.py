@@ -17,6 +17,7 @@ appended, so training sees the token boundary decoding produces.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -263,28 +264,29 @@ class Batches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        pos = self.position
-        if pos.batch >= self.batches_per_epoch:
-            pos.epoch, pos.batch = pos.epoch + 1, 0
-        if self._order_epoch != pos.epoch:
-            self._order_epoch, self._order = pos.epoch, self.epoch_order(pos.epoch)
-        batch = collate([self.examples[i] for i in self._order[pos.batch]], self.pad_id, self.multiple)
-        pos.batch += 1
-        return batch
+        epoch, batch, indices = next(self._stream_from(self.position.epoch, self.position.batch))
+        self.position.epoch, self.position.batch = epoch, batch + 1
+        return collate([self.examples[i] for i in indices], self.pad_id, self.multiple)
 
     def upcoming(self, n_batches: int) -> list[int]:
         """Indices of the examples the next `n_batches` batches hold (sorted, each once), without advancing."""
-        epoch, batch, seen, orders = self.position.epoch, self.position.batch, set(), {}
-        for _ in range(n_batches):
-            if batch >= self.batches_per_epoch:
-                epoch, batch = epoch + 1, 0
-            if epoch not in orders:
-                orders[epoch] = self.epoch_order(epoch)
-            seen.update(orders[epoch][batch])
-            batch += 1
+        seen: set[int] = set()
+        for _, _, indices in itertools.islice(self._stream_from(self.position.epoch, self.position.batch), n_batches):
+            seen.update(indices)
             if len(seen) == len(self.examples):
                 break
         return sorted(seen)
+
+    def _stream_from(self, epoch: int, batch: int) -> Iterator[tuple[int, int, list[int]]]:
+        """(epoch, batch, example indices) of every batch from position (epoch, batch) on, rolling over epochs;
+        one epoch's order is kept, as consecutive batches mostly share it."""
+        while True:
+            if batch >= self.batches_per_epoch:
+                epoch, batch = epoch + 1, 0
+            if self._order_epoch != epoch:
+                self._order_epoch, self._order = epoch, self.epoch_order(epoch)
+            yield epoch, batch, self._order[batch]
+            batch += 1
 
     def state(self) -> dict:
         return dataclasses.asdict(self.position)
