@@ -20,8 +20,7 @@ def records(path: str | Path, what: str = "input file") -> Iterator[tuple[int, d
             try:
                 line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM (Windows editors)
             except UnicodeDecodeError as e:
-                raise InputError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start} of the line); "
-                                 "save the file as UTF-8") from None
+                raise _not_utf8(f"{path}:{lineno}", e, e.start) from None
             if not line.strip():
                 continue
             try:
@@ -42,4 +41,10 @@ def read_text(path: str | Path, what: str = "file") -> str:
         return data.decode("utf-8-sig")  # a leading BOM (Windows editors) is not part of the text
     except UnicodeDecodeError as e:
         lineno = data.count(b"\n", 0, e.start) + 1
-        raise InputError(f"{what} {path}:{lineno}: not UTF-8 text ({e.reason}); save it as UTF-8") from None
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        raise _not_utf8(f"{what} {path}:{lineno}", e, e.start - line_start) from None
+
+
+def _not_utf8(where: str, e: UnicodeDecodeError, byte_in_line: int) -> InputError:
+    return InputError(f"{where}: not UTF-8 text ({e.reason} at byte {byte_in_line} of the line); save the file as "
+                      "UTF-8")

@@ -38,5 +38,6 @@ def test_bad_lines_are_named(tmp_path, content, message):
 def test_read_text_names_the_line_that_is_not_utf8(tmp_path):
     path = tmp_path / "p.txt"
     path.write_bytes(b"one\ntwo\nth\xffree\n")
-    with pytest.raises(InputError, match=r"prompt file .*p.txt:3: not UTF-8 text"):
+    with pytest.raises(InputError, match=r"prompt file .*p.txt:3: not UTF-8 text \(invalid start byte at byte 2 of "
+                                         r"the line\)"):
         read_text(path, "prompt file")
