@@ -23,7 +23,6 @@ guided distribution, KL) and sampling.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ from timing import report, timed  # noqa: E402  (benchmarks/ is on sys.path when
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
 from ivg_jax.decoding.sampling import sample, step_keys  # noqa: E402
+from ivg_jax.decoding.step_cost import token_step_cost  # noqa: E402
 from ivg_jax.model.transformer import unstack_blocks  # noqa: E402
 
 GPT2_SMALL = ivg_jax.ModelConfig(
@@ -86,20 +86,6 @@ def flops_of(compiled) -> float:
     return float(cost_of(compiled).get("flops", float("nan")))
 
 
-def step_cost(program, params, w_imp, w_exp, stops, state) -> tuple[float, float]:
-    """cost_analysis() (FLOPs, bytes accessed) of one token step with every loop unrolled: XLA counts a loop's
-    body once, so any `lax.scan` over layers is unrolled and the models' jitted `extend` inlined for counting."""
-    scan, extend = jax.lax.scan, engine.extend
-    try:
-        jax.lax.scan = functools.partial(scan, unroll=True)
-        engine.extend = extend.__wrapped__
-        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, stops, s)).lower(params, state)
-        cost = cost_of(lowered.compile())
-        return float(cost.get("flops", float("nan"))), float(cost.get("bytes accessed", float("nan")))
-    finally:
-        jax.lax.scan, engine.extend = scan, extend
-
-
 def make_models(dtype):
     base = ivg_jax.init_model(GPT2_SMALL, 0, dtype=dtype)
     tuned = ivg_jax.init_model(GPT2_SMALL, 1, dtype=dtype)
@@ -130,8 +116,8 @@ def step_parts(models, call, params, inputs):
     # Arrays are arguments or small: a jitted closure embeds what it closes over in the executable as constants.
     whole = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s))
     compiled = whole.lower(params, state).compile()
-    flops, nbytes = step_cost(program, params, w_imp, w_exp, inputs.stops, state)
-    out = {"rows": int(n_rows), "step_gflop": flops / 1e9, "step_gbytes": nbytes / 1e9,
+    cost = token_step_cost(program, params, inputs, state)
+    out = {"rows": int(n_rows), "step_gflop": cost["flops"] / 1e9, "step_gbytes": cost["bytes"] / 1e9,
            "step_s": median_seconds(lambda: compiled(params, state), 5)}
 
     token = jnp.zeros((n_rows, 1), jnp.int32)

@@ -17,7 +17,6 @@ unrolled for counting) and the time `plan` spends finding the trunks.
 from __future__ import annotations
 
 import argparse
-import functools
 import platform
 import statistics
 import time
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
+from ivg_jax.decoding.step_cost import token_step_cost  # noqa: E402
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.experiments.sentiment.pipeline import PRESETS, SentimentConfig, load_prompts  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
@@ -43,24 +43,6 @@ def retrained(model, top_blocks: int, seed: int):
     blocks = jax.tree.map(lambda a: a.at[n:].add((0.01 * jax.random.normal(key, a[n:].shape)).astype(a.dtype)),
                           model.params["blocks"])
     return model.with_params({**model.params, "blocks": blocks})
-
-
-def step_flops(call_args) -> float:
-    """FLOPs of one compiled token step, every scan unrolled and the models' jitted functions inlined."""
-    program, params, inputs = call_args
-    state = engine.init_state(program, params, inputs)
-    rows = jax.numpy.repeat(jax.numpy.arange(inputs.w_explicit.shape[0]), program.width)
-    w_imp, w_exp = inputs.w_implicit[rows], inputs.w_explicit[rows]
-    saved = jax.lax.scan, engine.extend, engine.extend_trunk
-    try:
-        jax.lax.scan = functools.partial(saved[0], unroll=True)
-        engine.extend, engine.extend_trunk = saved[1].__wrapped__, saved[2].__wrapped__
-        lowered = jax.jit(lambda p, s: engine._token_step(program, p, w_imp, w_exp, inputs.stops, s)).lower(
-            params, state)
-        cost = lowered.compile().cost_analysis()
-    finally:
-        jax.lax.scan, engine.extend, engine.extend_trunk = saved
-    return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
 
 def main() -> None:
@@ -115,7 +97,7 @@ def main() -> None:
         finally:
             engine.run, engine.shared_trunks = run, find_trunks
         med = {k: statistics.median(v) for k, v in times.items()}
-        flops = {k: step_flops(captured[k]) / 1e9 for k in captured}
+        flops = {k: token_step_cost(*captured[k])["flops"] / 1e9 for k in captured}
         print(f"| {method} | {trunks or 'none'} | {med[True]:.2f} | {med[False]:.2f} | "
               f"{med[False] / med[True]:.2f}x | {flops.get(True, np.nan):.2f} / {flops[False]:.2f} | "
               f"{plan_s:.2f} |", flush=True)

@@ -28,11 +28,12 @@ from ivg_jax.runtime import tune_cpu
 tune_cpu()
 
 import jax  # noqa: E402
-from shared_trunk import retrained, step_flops  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from shared_trunk import retrained  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 from timing import report  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
+from ivg_jax.decoding.step_cost import token_step_cost  # noqa: E402
 from ivg_jax.defaults import default_model_path  # noqa: E402
 from ivg_jax.experiments.sentiment.pipeline import PRESETS, SentimentConfig, load_prompts  # noqa: E402
 from ivg_jax.model.api import attach_head  # noqa: E402
@@ -77,7 +78,7 @@ def main() -> None:
                 jax.block_until_ready(engine.run(program, params, inputs))
                 times[columns].append(time.perf_counter() - t)
         med = {k: statistics.median(v) for k, v in times.items()}
-        flops = {k: step_flops((p, params, inputs)) / 1e9 for k, p in programs.items()}
+        flops = {k: token_step_cost(p, params, inputs)["flops"] / 1e9 for k, p in programs.items()}
         lines.append(f"| {method} | {call.program.width * inputs.seeds.shape[0]} | {med[True]:.2f} | "
                      f"{med[False]:.2f} | {med[False] / med[True]:.2f}x | {flops[True]:.2f} / {flops[False]:.2f} |")
         print(lines[-1], flush=True)

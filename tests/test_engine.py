@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from oracle import word_tokenizer
 from reference_search import log_softmax, reference_search
-from step_cost import token_step_flops
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
@@ -17,6 +16,7 @@ from ivg_jax.decoding import engine
 from ivg_jax.decoding.engine import generate
 from ivg_jax.decoding.plain import complete
 from ivg_jax.decoding.sampling import Sampling
+from ivg_jax.decoding.step_cost import token_step_cost
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
 
@@ -257,6 +257,7 @@ import jax
 import ivg_jax
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding import engine
+from ivg_jax.decoding.step_cost import token_step_cost
 from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.guidance import ExplicitGuide, Guidance, Search
 from ivg_jax.model.cache import KVCache
@@ -512,8 +513,8 @@ def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch
 
     # what the step reads instead, one column per row (D multiply-adds), is negligible next to the projection
     expected = 2 * CFG.d_model * CFG.vocab_size * call.program.width * inputs.seeds.shape[0]
-    saved = (token_step_flops(projected, params, inputs, monkeypatch)
-             - token_step_flops(call.program, params, inputs, monkeypatch))
+    saved = (token_step_cost(projected, params, inputs)["flops"]
+             - token_step_cost(call.program, params, inputs)["flops"])
     assert abs(saved - expected) < 0.05 * expected, (saved, expected)
 
 

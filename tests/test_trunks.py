@@ -8,12 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from step_cost import token_step_flops
 
 import ivg_jax
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding import engine
 from ivg_jax.decoding.members import Members
+from ivg_jax.decoding.step_cost import token_step_cost
 from ivg_jax.decoding.trunks import Trunk, shared_trunks
 from ivg_jax.model.api import attach_head, init_model
 
@@ -145,7 +145,7 @@ def test_the_shared_program_does_less_work(models, monkeypatch):
     ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
     monkeypatch.setattr(engine, "shared_trunks", lambda *a: ())
     ivg_jax.generate(models["base"], PROMPTS[:1], g, search, max_new_tokens=2)
-    flops = {shared: token_step_flops(*args, monkeypatch) for shared, args in calls.items()}
+    flops = {shared: token_step_cost(*args)["flops"] for shared, args in calls.items()}
     # 4 members x 4 blocks = 16 block passes per token alone; shared: 2 (the trunk, once) + 4 x 2 (each
     # member's top blocks) = 10. The heads, sampling and guidance are the same in both.
     assert flops[True] < 0.85 * flops[False], flops
