@@ -257,7 +257,6 @@ import jax
 import ivg_jax
 from ivg_jax.config import ModelConfig
 from ivg_jax.decoding import engine
-from ivg_jax.decoding.step_cost import token_step_cost
 from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.guidance import ExplicitGuide, Guidance, Search
 from ivg_jax.model.cache import KVCache
@@ -495,7 +494,7 @@ def test_head_at_reads_the_heads_columns(head):
     np.testing.assert_allclose(got, np.asarray(full)[np.arange(2), np.asarray(ids)], rtol=1e-5, atol=1e-6)
 
 
-def test_chunk_values_skip_the_value_models_vocab_projection(models, monkeypatch):
+def test_chunk_values_skip_the_value_models_vocab_projection(models):
     """A value model read only at sampled tokens (chunk-level explicit) runs without its [R, V] projection: the
     same tokens and scores as with it, and the compiled token step's FLOPs fall by that projection's 2·D·V per
     row — counted by XLA."""

@@ -35,7 +35,7 @@ def test_notebook_runs(name, tmp_path):
     tmp.mkdir()
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     # XLA's default compiler settings, as a user's kernel has them: a notebook runs its programs long enough that
-    # the suite's faster-compiling settings cost it more than they save (each notebook 4-8 s faster so)
+    # the suite's faster-compiling settings cost it more than they save (each notebook 11-23% faster so)
     client.execute(env={**os.environ, "TMPDIR": str(tmp), "XLA_FLAGS": users_xla_flags()})
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
