@@ -555,7 +555,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     params = settle((placed_params(call), inputs), mesh)[0]
     check_memory(call.program, params, inputs)
     if call.host_kind is None:
-        search = run if cpu_matmuls == "xla" or jax.default_backend() != "cpu" else _run_with(cpu_matmuls)
+        search = run if CPU_MATMULS[cpu_matmuls] is None or jax.default_backend() != "cpu" else _run_with(cpu_matmuls)
         state, best = settle(search(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
     return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
