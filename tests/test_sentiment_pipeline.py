@@ -279,6 +279,55 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
     assert "bon_guide" in results["ivg"]["minus"]
 
 
+def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_float32(tmp_path):
+    """`decode_dtype="bfloat16"`: the decode stage's models (base and fp32-trained guides) load in bfloat16, and
+    only there: the samples, the guides' training and exports and the evaluation's NLL stay float32."""
+    import jax.numpy as jnp
+
+    from ivg_jax.evaluation.metrics import continuation_nll
+    from ivg_jax.experiments.sentiment.pipeline import Models, _hash_seed, load_prompts, method_setup
+
+    cfg_model = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
+                            head_dim=8, d_ff=64, eos_token_ids=(1,), pad_token_id=0)
+    export_hf(ivg_jax.init_model(cfg_model, seed=3, tokenizer=word_tokenizer(WORDS)), tmp_path / "tiny")
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    for split in ("train", "val", "test"):
+        (prompts / f"{split}.txt").write_text("the movie was\nthe plot is\nit was very\na story and\n")
+    cfg = SentimentConfig(run_dir=str(tmp_path / "run"), model=str(tmp_path / "tiny"), prompts_dir=str(prompts),
+                          n_train=4, n_val=4, n_test=4, samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2,
+                          chunk_length=2, train_batch_size=2, train_top_blocks=1, dpo_epochs=1.0, fudge_epochs=1.0,
+                          sample_batch=4, decode_batch=4, methods="ivg", base_template="the {prompt}",
+                          decode_dtype="bfloat16")
+    run(cfg, progress=False, log=lambda _: None)
+
+    full, half = Models(cfg), Models(cfg, "bfloat16")
+    for stage in ("dpo", "fudge"):
+        exported = ivg_jax.load_model(str(cfg.path / stage / "export"))
+        assert exported.dtype == jnp.float32, stage
+    assert half.tuned().dtype == half.base().dtype == jnp.bfloat16
+    # The samples: the float32 model's (same seeds, sampled directly).
+    first = load_prompts(cfg, "train")[0]
+    settings = cfg.sample_settings
+    seeds = [_hash_seed(cfg.seed, "train", 0, j) % 2**31 for j in range(2)]
+    direct = settings.decode(full.guide(), [first, first], settings.guidance(), seeds)
+    assert read_jsonl(cfg.path / "samples" / "train.jsonl")[0]["responses"] == direct.texts
+    # The decode: IVG with every model in bfloat16, the same seeds.
+    rows = read_jsonl(cfg.path / "decode" / "ivg.jsonl")
+    settings, guidance = method_setup(cfg, half, "ivg")
+    test = load_prompts(cfg, "test")
+    seeds = [_hash_seed(cfg.seed, "test", i) % 2**31 for i in range(len(test))]
+    out = settings.decode(half.base(), test, guidance, seeds)
+    assert [r["tokens"] for r in rows] == [out.tokens[i, :out.lengths[i]].tolist() for i in range(len(test))]
+    # (tiny models pick the same tokens in either dtype; their chunk scores and KL tell the dtypes apart)
+    assert [r["score"] for r in rows] == pytest.approx(out.scores.tolist(), rel=1e-6, abs=1e-6)
+    assert [r["kl"] for r in rows] == pytest.approx(out.kl.sum(-1).tolist(), rel=1e-6, abs=1e-6)
+    # The evaluation: NLL of those tokens under the float32 base.
+    nll = continuation_nll(full.base(), test, [r["tokens"] for r in rows], cfg.base_template)
+    results = json.loads((cfg.path / "results.json").read_text())
+    assert results["ivg"]["nll"] == pytest.approx(float(np.nanmean(nll)), rel=1e-6)
+
+
 def test_a_guide_of_another_tokenizer_is_scored_on_the_base_tokens_of_its_text(tmp_path):
     """The NLL under the base of the guide model's own samples (`bon_guide`) reads the base's token ids: the
     decoder's ids when the two share a vocabulary, the text re-tokenised by the base's tokenizer when not (the

@@ -96,6 +96,7 @@ class SentimentConfig:
     decode_batch: int = 16  # 256 rows for W K = 16 (4.4 GB of caches at 512 rows for best-of-32)
     methods: str = ",".join(m for m in METHODS if m != "bon_guide")  # bon_guide needs guide_model
     dtype: str = "float32"
+    decode_dtype: str = ""  # the decode stage's weights; "" = dtype (bfloat16: fp32-trained guides, half the memory)
     seed: int = 0
 
     def __post_init__(self):
@@ -106,6 +107,8 @@ class SentimentConfig:
                                 "candidates", "chunk_length", "bon_n", "train_batch_size", "sample_batch",
                                 "decode_batch"))
         require_dtype(self.dtype)
+        if self.decode_dtype:
+            require_dtype(self.decode_dtype, "decode_dtype")
         for method in self.method_list:
             # templates, stop string and sampling, checked once, where decoding does (the matched sizes, which
             # need the models' configs, are checked by the preflight)
@@ -121,6 +124,11 @@ class SentimentConfig:
         if "bon_guide" in self.method_list and not self.guide_model:
             raise InputError("method bon_guide samples from the guide model: set guide_model (a model smaller "
                              "than the base), or drop the method")
+
+    def stage_dtype(self, stage: str) -> str:
+        """The weights' dtype of one stage: training, its data and the evaluation's NLL in `dtype`, decoding in
+        `decode_dtype` (so a bfloat16 decode is scored on the same scale as a float32 one)."""
+        return (self.decode_dtype or self.dtype) if stage == "decode" else self.dtype
 
     @property
     def method_list(self) -> list[str]:
@@ -265,6 +273,8 @@ SENTIMENT_HELP = {
     "methods": "comma-separated subset of " + ",".join(METHODS) + " (bon_matched, cbs_explicit_matched: "
                "baselines at IVG's compute; bon_guide: the guide model's own best-of-N, with guide_model set; "
                "methods can be added to a finished run)", "dtype": "weights as float32 or bfloat16",
+    "decode_dtype": "weights of the decode stage (the guides are trained and the texts sampled and scored in dtype); "
+                    "empty = dtype. bfloat16 halves the decoding's weights",
     "seed": "seed of sampling, labels and training",
 }
 
@@ -399,16 +409,16 @@ def load_prompts(cfg: SentimentConfig, split: str) -> list[str]:
 # -------------------------------------------------------------------------------------------------- models
 
 class Models:
-    """Loads each model once per process, on first use."""
+    """Loads each model once, on first use, in one dtype (`cfg.dtype` unless given)."""
 
-    def __init__(self, cfg: SentimentConfig):
-        self.cfg, self._cache = cfg, {}
+    def __init__(self, cfg: SentimentConfig, dtype: str = ""):
+        self.cfg, self.dtype, self._cache = cfg, dtype or cfg.dtype, {}
 
     def _load(self, key: str, source):
         if key not in self._cache:
             import ivg_jax
 
-            self._cache[key] = ivg_jax.load_model(source, dtype=self.cfg.dtype)
+            self._cache[key] = ivg_jax.load_model(source, dtype=self.dtype)
         return self._cache[key]
 
     @property
@@ -781,6 +791,8 @@ def run(cfg: SentimentConfig, stages: Sequence[str] = STAGES, progress: bool = T
     for stage in STAGES:
         if stage not in stages:
             continue
+        if models.dtype != cfg.stage_dtype(stage):
+            models = Models(cfg, cfg.stage_dtype(stage))  # the other dtype's weights are released
         marker = cfg.path / "stages" / f"{stage}.json"
         earlier = json.loads(marker.read_text()) if marker.exists() else None
         if earlier is not None and _covers(earlier, cfg):
