@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import torch
 import transformers
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 VOCAB = 97
 
@@ -138,3 +139,70 @@ def ours_and_transformers(gguf_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                            dtype=torch.float32).eval()
     return ours, hf
+
+
+# llama.cpp's tensor names (its convert_hf_to_gguf.py), written out here rather than taken from the loader under test.
+_GGUF_NAMES = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+               "lm_head.weight": "output.weight"}
+_GGUF_BLOCK_NAMES = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
+                     "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
+                     "self_attn.q_proj.bias": "attn_q.bias", "self_attn.k_proj.bias": "attn_k.bias",
+                     "self_attn.v_proj.bias": "attn_v.bias", "self_attn.q_norm.weight": "attn_q_norm.weight",
+                     "self_attn.k_norm.weight": "attn_k_norm.weight", "self_attn.o_proj.weight": "attn_output.weight",
+                     "post_attention_layernorm.weight": "ffn_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
+                     "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+
+
+# A byte-level BPE vocabulary small enough for tiny models: GPT-2's 256 byte symbols, three merges, an EOS.
+GGUF_MERGES = ["Ġ t", "h e", "Ġt he"]
+GGUF_TOKENS = [*bytes_to_unicode().values(), "Ġt", "he", "Ġthe",
+               "<|endoftext|>"]
+
+
+def write_gguf(model, path, arch: str) -> None:
+    """Writes a transformers Llama / Qwen2 / Qwen3 model as llama.cpp's converter would (float32 tensors, its names
+    and `{arch}.*` keys; llama's q/k rows permuted to its interleaved rotary layout, Qwen's as they are), with the
+    byte-level tokenizer `GGUF_TOKENS` (the model's vocab_size must be its length)."""
+    import gguf
+
+    cfg = model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+    def permute(w, heads):  # llama.cpp's LlamaModel.permute
+        return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(cfg.num_hidden_layers)
+    writer.add_context_length(cfg.max_position_embeddings)
+    writer.add_embedding_length(cfg.hidden_size)
+    writer.add_feed_forward_length(cfg.intermediate_size)
+    writer.add_head_count(cfg.num_attention_heads)
+    writer.add_head_count_kv(cfg.num_key_value_heads)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    writer.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(GGUF_TOKENS)
+    writer.add_token_types([gguf.TokenType.NORMAL] * (len(GGUF_TOKENS) - 1) + [gguf.TokenType.CONTROL])
+    writer.add_token_merges(GGUF_MERGES)
+    writer.add_eos_token_id(len(GGUF_TOKENS) - 1)
+    for name, w in model.state_dict().items():
+        w = w.detach().float().numpy()
+        if name.startswith("model.layers."):
+            layer, rest = name[len("model.layers."):].split(".", 1)
+            if arch == "llama" and rest == "self_attn.q_proj.weight":
+                w = permute(w, cfg.num_attention_heads)
+            elif arch == "llama" and rest == "self_attn.k_proj.weight":
+                w = permute(w, cfg.num_key_value_heads)
+            gguf_name = f"blk.{layer}.{_GGUF_BLOCK_NAMES[rest]}"
+        elif name == "lm_head.weight" and cfg.tie_word_embeddings:
+            continue
+        else:
+            gguf_name = _GGUF_NAMES[name]
+        writer.add_tensor(gguf_name, np.ascontiguousarray(w, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
