@@ -281,7 +281,8 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
 
 def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_float32(tmp_path):
     """`decode_dtype="bfloat16"`: the decode stage's models (base and fp32-trained guides) load in bfloat16, and
-    only there: the samples, the guides' training and exports and the evaluation's NLL stay float32."""
+    only there: the samples, the guides' training and exports and the evaluation's NLL stay float32. With
+    `unroll_layers` the decode (on per-layer weights) equals the engine's on stacked ones."""
     import jax.numpy as jnp
 
     from ivg_jax.evaluation.metrics import continuation_nll
@@ -298,10 +299,11 @@ def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_floa
                           n_train=4, n_val=4, n_test=4, samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2,
                           chunk_length=2, train_batch_size=2, train_top_blocks=1, dpo_epochs=1.0, fudge_epochs=1.0,
                           sample_batch=4, decode_batch=4, methods="ivg", base_template="the {prompt}",
-                          decode_dtype="bfloat16")
+                          decode_dtype="bfloat16", unroll_layers=True)
     run(cfg, progress=False, log=lambda _: None)
 
-    full, half = Models(cfg), Models(cfg, "bfloat16")
+    assert cfg.stage_weights("decode") == ("bfloat16", True)  # per-layer weights: no per-call copy when unrolled
+    full, half = Models(cfg), Models(cfg, ("bfloat16", False))
     for stage in ("dpo", "fudge"):
         exported = ivg_jax.load_model(str(cfg.path / stage / "export"))
         assert exported.dtype == jnp.float32, stage
