@@ -36,7 +36,7 @@ class DecodeSettings:
     guide_template: str = "{prompt}"
     stop: str = ""  # a string that ends a continuation; "" = none
     compaction: int = 0  # halve the batch up to this many times as rows finish (speed only; results unchanged)
-    unroll_layers: bool = False  # blocks on per-layer weights (speed for memory and compile time; results unchanged)
+    unroll_layers: bool = False  # blocks on per-layer weights (speed for compile time; float32 results unchanged)
     cpu_matmuls: str = "xla"  # XLA:CPU's matmul library for the search: "xla" (YNNPACK), "onednn" or "eigen"
 
     def __post_init__(self):
