@@ -155,8 +155,7 @@ _GGUF_BLOCK_NAMES = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_
 
 # A byte-level BPE vocabulary small enough for tiny models: GPT-2's 256 byte symbols, three merges, an EOS.
 GGUF_MERGES = ["Ġ t", "h e", "Ġt he"]
-GGUF_TOKENS = [*bytes_to_unicode().values(), "Ġt", "he", "Ġthe",
-               "<|endoftext|>"]
+GGUF_TOKENS = [*bytes_to_unicode().values(), "Ġt", "he", "Ġthe", "<|endoftext|>"]
 
 
 def write_gguf(model, path, arch: str) -> None:

@@ -96,7 +96,7 @@ class SentimentConfig:
     decode_batch: int = 16  # 256 rows for W K = 16 (4.4 GB of caches at 512 rows for best-of-32)
     methods: str = ",".join(m for m in METHODS if m != "bon_guide")  # bon_guide needs guide_model
     dtype: str = "float32"
-    decode_dtype: str = ""  # the decode stage's weights; "" = dtype (bfloat16: fp32-trained guides, half the memory)
+    decode_dtype: str = ""  # the decode stage's weights; "" = dtype (bfloat16 on CPU: with unroll_layers)
     unroll_layers: bool = False  # decode on per-layer weights (on CPU, bf16 matmuls stay bf16 with no fp32 copy)
     seed: int = 0
 
@@ -279,7 +279,8 @@ SENTIMENT_HELP = {
                "baselines at IVG's compute; bon_guide: the guide model's own best-of-N, with guide_model set; "
                "methods can be added to a finished run)", "dtype": "weights as float32 or bfloat16",
     "decode_dtype": "weights of the decode stage (the guides are trained and the texts sampled and scored in dtype); "
-                    "empty = dtype. bfloat16 halves the decoding's weights",
+                    "empty = dtype. bfloat16 halves the decoding's weights; on CPU with unroll_layers (the layer "
+                    "loop adds a float32 copy of them)",
     "unroll_layers": "decode each model's blocks one after another on per-layer weights instead of a loop over "
                      "stacked ones: on CPU, bf16 matmuls stay bf16 and no float32 copy of the weights is made "
                      "(~3x the compile time; float32 results unchanged, bfloat16 ones differ at the rounding)",
