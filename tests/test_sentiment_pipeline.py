@@ -23,14 +23,22 @@ from ivg_jax.training.data import check_record
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["<pad>", "<eos>", "<unk>", "good", "great", "love", "wonderful", "awful", "bad", "boring", "terrible",
          "the", "movie", "film", "was", "is", "and", "a", "plot", "acting", "story", "music", "very", "not", "it"]
+TINY = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
+                   d_ff=64, eos_token_ids=(1,), pad_token_id=0)
+
+
+def four_prompts(directory):
+    """The same four prompts as every split of a tiny run: the prompts directory."""
+    directory.mkdir()
+    for split in ("train", "val", "test"):
+        (directory / f"{split}.txt").write_text("the movie was\nthe plot is\nit was very\na story and\n")
+    return directory
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("sentiment")
-    cfg = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                      head_dim=8, d_ff=64, eos_token_ids=(1,), pad_token_id=0)
-    export_hf(ivg_jax.init_model(cfg, seed=0, tokenizer=word_tokenizer(WORDS)), root / "tiny")
+    export_hf(ivg_jax.init_model(TINY, seed=0, tokenizer=word_tokenizer(WORDS)), root / "tiny")
     rng = np.random.default_rng(0)
     for split, n in (("train", 8), ("val", 4), ("test", 4)):
         prompts = [" ".join(rng.choice(WORDS[11:], 3)) for _ in range(n)]
@@ -223,15 +231,10 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
     from ivg_jax.experiments.sentiment.pipeline import Models, _hash_seed, load_prompts, method_setup
 
     tok = word_tokenizer(WORDS)
-    strong = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=48, n_layers=3, n_heads=4, n_kv_heads=2,
-                         head_dim=12, d_ff=64, eos_token_ids=(1,), pad_token_id=0)
-    weak = strong.replace(d_model=32, n_layers=2, head_dim=8)
+    strong = TINY.replace(d_model=48, n_layers=3, head_dim=12)
     export_hf(ivg_jax.init_model(strong, seed=1, tokenizer=tok), tmp_path / "strong")
-    export_hf(ivg_jax.init_model(weak, seed=2, tokenizer=tok), tmp_path / "weak")
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    for split in ("train", "val", "test"):
-        (prompts / f"{split}.txt").write_text("the movie was\nthe plot is\nit was very\na story and\n")
+    export_hf(ivg_jax.init_model(TINY, seed=2, tokenizer=tok), tmp_path / "weak")
+    prompts = four_prompts(tmp_path / "prompts")
     cfg = SentimentConfig(run_dir=str(tmp_path / "run"), model=str(tmp_path / "strong"),
                           guide_model=str(tmp_path / "weak"), prompts_dir=str(prompts), n_train=4, n_val=4, n_test=2,
                           samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2, chunk_length=2, bon_n=2,
@@ -288,13 +291,8 @@ def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_floa
     from ivg_jax.evaluation.metrics import continuation_nll
     from ivg_jax.experiments.sentiment.pipeline import Models, _hash_seed, load_prompts, method_setup
 
-    cfg_model = ModelConfig(family="llama", vocab_size=len(WORDS), d_model=32, n_layers=2, n_heads=4, n_kv_heads=2,
-                            head_dim=8, d_ff=64, eos_token_ids=(1,), pad_token_id=0)
-    export_hf(ivg_jax.init_model(cfg_model, seed=3, tokenizer=word_tokenizer(WORDS)), tmp_path / "tiny")
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    for split in ("train", "val", "test"):
-        (prompts / f"{split}.txt").write_text("the movie was\nthe plot is\nit was very\na story and\n")
+    export_hf(ivg_jax.init_model(TINY, seed=3, tokenizer=word_tokenizer(WORDS)), tmp_path / "tiny")
+    prompts = four_prompts(tmp_path / "prompts")
     cfg = SentimentConfig(run_dir=str(tmp_path / "run"), model=str(tmp_path / "tiny"), prompts_dir=str(prompts),
                           n_train=4, n_val=4, n_test=4, samples_per_prompt=2, max_new_tokens=4, beams=2, candidates=2,
                           chunk_length=2, train_batch_size=2, train_top_blocks=1, dpo_epochs=1.0, fudge_epochs=1.0,
