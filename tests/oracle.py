@@ -62,17 +62,21 @@ FAMILIES = {
 }
 
 
-def make_hf_model(name: str, directory, seed: int = 0):
-    """Saves a random-init model of family `name` to `directory` and returns the torch model (eval, fp32)."""
-    config_cls, model_cls, kwargs = FAMILIES[name]
+def random_model(config_cls: str, model_cls: str, kwargs: dict, seed: int = 0):
+    """A random-init transformers model (eval, fp32) of the named classes."""
     torch.manual_seed(seed)
-    config = getattr(transformers, config_cls)(**kwargs)
-    model = getattr(transformers, model_cls)(config).eval()
+    model = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**kwargs)).eval()
     # Random init leaves norms at 1 and biases at 0; perturb them so the test sees them.
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def make_hf_model(name: str, directory, seed: int = 0):
+    """Saves a random-init model of family `name` to `directory` and returns the torch model (eval, fp32)."""
+    model = random_model(*FAMILIES[name], seed=seed)
     model.save_pretrained(directory)
     return model
 

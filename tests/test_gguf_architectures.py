@@ -7,8 +7,7 @@ test_qwen2) cover quantised blocks; these cover what the real files do not: qwen
 import numpy as np
 import pytest
 import torch
-import transformers
-from oracle import GGUF_TOKENS, ours_and_transformers, write_gguf
+from oracle import GGUF_TOKENS, ours_and_transformers, random_model, write_gguf
 
 import ivg_jax
 
@@ -31,12 +30,7 @@ CASES = {
 @pytest.mark.parametrize("arch", list(CASES))
 def test_gguf_logits_equal_transformers_and_the_original_model(arch, tmp_path):
     config_cls, model_cls, kwargs = CASES[arch]
-    torch.manual_seed(0)
-    original = getattr(transformers, model_cls)(getattr(transformers, config_cls)(**LAYOUT, **kwargs)).eval()
-    with torch.no_grad():
-        for p in original.parameters():  # random init leaves norms at 1 and biases at 0
-            if p.ndim == 1:
-                p.add_(0.1 * torch.randn_like(p))
+    original = random_model(config_cls, model_cls, {**LAYOUT, **kwargs})
     path = tmp_path / f"{arch}.gguf"
     write_gguf(original, path, arch)
     ours, theirs = ours_and_transformers(path)
