@@ -282,14 +282,36 @@ def test_weak_to_strong_guides_start_from_the_guide_model(tmp_path):
     assert "bon_guide" in results["ivg"]["minus"]
 
 
-def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_float32(tmp_path):
+def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_float32(tmp_path, monkeypatch):
     """`decode_dtype="bfloat16"`: the decode stage's models (base and fp32-trained guides) load in bfloat16, and
     only there: the samples, the guides' training and exports and the evaluation's NLL stay float32. With
-    `unroll_layers` the decode (on per-layer weights) equals the engine's on stacked ones."""
+    `unroll_layers` the decode (on per-layer weights) equals the engine's on stacked ones. The decode stage's
+    weights are freed before the evaluation loads its own (two sets would not fit the weak-to-strong run)."""
+    import gc
+    import weakref
+
+    import jax
     import jax.numpy as jnp
 
     from ivg_jax.evaluation.metrics import continuation_nll
+    from ivg_jax.experiments.sentiment import pipeline
     from ivg_jax.experiments.sentiment.pipeline import Models, _hash_seed, load_prompts, method_setup
+
+    decode_weights, alive_at_evaluate = [], []
+
+    def decode(cfg, models, progress, stage=pipeline.STAGE_FNS["decode"]):
+        summary = stage(cfg, models, progress)
+        decode_weights.extend(weakref.ref(leaf) for name in ("base", "tuned", "value")
+                              for leaf in jax.tree.leaves(models._cache[name].params))
+        return summary
+
+    def evaluate(cfg, models, progress, stage=pipeline.STAGE_FNS["evaluate"]):
+        gc.collect()
+        alive_at_evaluate.extend(ref() for ref in decode_weights if ref() is not None)
+        return stage(cfg, models, progress)
+
+    monkeypatch.setitem(pipeline.STAGE_FNS, "decode", decode)
+    monkeypatch.setitem(pipeline.STAGE_FNS, "evaluate", evaluate)
 
     export_hf(ivg_jax.init_model(TINY, seed=3, tokenizer=word_tokenizer(WORDS)), tmp_path / "tiny")
     prompts = four_prompts(tmp_path / "prompts")
@@ -300,6 +322,7 @@ def test_decode_dtype_decodes_in_bfloat16_what_was_trained_and_is_scored_in_floa
                           decode_dtype="bfloat16", unroll_layers=True)
     run(cfg, progress=False, log=lambda _: None)
 
+    assert len(decode_weights) > 3 * 2 * TINY.n_layers and alive_at_evaluate == []
     assert cfg.stage_weights("decode") == ("bfloat16", True)  # per-layer weights: no per-call copy when unrolled
     full, half = Models(cfg), Models(cfg, ("bfloat16", False))
     for stage in ("dpo", "fudge"):
