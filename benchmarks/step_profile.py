@@ -7,7 +7,8 @@ The script sums the thread time of each kind of op, named by the HLO instruction
 output shape: [16, 768] the attention and MLP-down projections, [16, 3072] MLP-up, [16, 50257] the vocab
 projections). Then the same matmul shapes alone, jitted, against numpy's BLAS (OpenBLAS in the wheels) and the
 2048^3 peak, so the distance to peak is split into what the kernels reach at M = 16 and what the step loses
-around them.
+around them; and XLA's rate with the weight held `[N, K]` (transposed, an `nn.Linear`'s layout and XNNPACK's
+own) instead of the model's `[K, N]`, which tells whether another weight layout would pay.
 
     python benchmarks/step_profile.py
     python benchmarks/step_profile.py --prompts 8                 # 128 rows
@@ -19,7 +20,6 @@ import argparse
 import collections
 import glob
 import os
-import platform
 import re
 import statistics
 import tempfile
@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ivg_peak import make_models, matmul_peak  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from timing import report  # noqa: E402
+from timing import cpu_name, report  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -102,15 +102,33 @@ def op_times(compiled, args, calls: int = 3) -> tuple[dict, float]:
     return dict(kinds), sum(kinds.values())
 
 
-def matmul_rates(m: int) -> list[tuple]:
-    """(K, N, XLA GFLOP/s, numpy GFLOP/s) of [m, K] x [K, N] float32, each library on every core."""
+def _dot_out_in(x: jax.Array, w_out_in: jax.Array) -> jax.Array:
+    """x [M, K] @ w.T for a weight held [N, K] (an `nn.Linear`'s layout), contracting both last axes."""
+    return jax.lax.dot_general(x, w_out_in, (((1,), (1,)), ((), ())))
+
+
+def matmul_rates(m: int, rounds: int = 60) -> list[tuple]:
+    """(K, N, XLA GFLOP/s, XLA GFLOP/s with the weight held [N, K], numpy GFLOP/s) of [m, K] x [K, N] float32,
+    each library on every core. The model holds its weights [K, N] ([in, out]); XNNPACK's own layout is [N, K].
+    The three are called in turn, `rounds` times, medians: at M = 16 a call takes well under a millisecond, and
+    timing each in its own block let the machine's drift decide which won."""
     rng = np.random.default_rng(0)
     out = []
     for k, n in SHAPES:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        calls = [(jax.jit(jnp.dot), (jnp.asarray(x), jnp.asarray(w))),
+                 (jax.jit(_dot_out_in), (jnp.asarray(x), jnp.asarray(np.ascontiguousarray(w.T)))),
+                 (np.dot, (x, w))]
+        times = [[] for _ in calls]
+        for fn, call_args in calls:
+            jax.block_until_ready(fn(*call_args))
+        for _ in range(rounds):
+            for fn_times, (fn, call_args) in zip(times, calls):
+                t = time.perf_counter()
+                jax.block_until_ready(fn(*call_args))
+                fn_times.append(time.perf_counter() - t)
         flop = 2 * m * k * n
-        xla = flop / _median_s(jax.jit(jnp.dot), jnp.asarray(x), jnp.asarray(w)) / 1e9
-        out.append((k, n, xla, flop / _median_s(np.dot, x, w) / 1e9))
+        out.append((k, n, *(flop / statistics.median(t) / 1e9 for t in times)))
     return out
 
 
@@ -123,7 +141,7 @@ def main() -> None:
     compiled, step_args, rows = compiled_step(args.prompts)
     step_ms = 1000 * _median_s(compiled, *step_args, repeats=5)
     kinds, busy = op_times(compiled, step_args)
-    lines = [f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), XLA_FLAGS="
+    lines = [f"{cpu_name()} ({os.cpu_count()} CPUs), XLA_FLAGS="
              f"{os.environ.get('XLA_FLAGS', '')}; IVG token step at {rows} rows, float32, unrolled blocks; "
              f"step {step_ms:.0f} ms (median of 5); thread time {busy:.0f} ms per step over "
              f"{busy / step_ms:.2f} threads busy on average; float32 matmul peak {peak:.0f} GFLOP/s (2048^3)", "",
@@ -131,10 +149,11 @@ def main() -> None:
     for kind, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
         if ms >= 0.5:
             lines.append(f"| {kind} | {ms:.1f} | {100 * ms / busy:.0f}% |")
-    lines += ["", f"| [{rows}, K] x [K, N] float32 | XLA GFLOP/s | numpy (BLAS) GFLOP/s | XLA % of peak "
-              "| BLAS % of peak |", "|---|---:|---:|---:|---:|"]
-    for k, n, xla, blas in matmul_rates(rows):
-        lines.append(f"| K={k}, N={n} | {xla:.0f} | {blas:.0f} | {100 * xla / peak:.0f}% | {100 * blas / peak:.0f}% |")
+    lines += ["", f"| [{rows}, K] x [K, N] float32 | XLA GFLOP/s | XLA, weight held [N, K] | numpy (BLAS) GFLOP/s "
+              "| XLA % of peak | XLA [N, K] % of peak | BLAS % of peak |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for k, n, xla, out_in, blas in matmul_rates(rows):
+        lines.append(f"| K={k}, N={n} | {xla:.0f} | {out_in:.0f} | {blas:.0f} | {100 * xla / peak:.0f}% "
+                     f"| {100 * out_in / peak:.0f}% | {100 * blas / peak:.0f}% |")
     report("\n" + "\n".join(lines), args.out)
 
 
