@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
-import time
 
 from ivg_jax.runtime import tune_cpu
 
@@ -32,7 +30,7 @@ from ivg_jax.loading import inspect_model  # noqa: E402
 from ivg_jax.model.layers import mm  # noqa: E402  (the model's matmul: float32 accumulation)
 
 sys.path.insert(0, os.path.dirname(__file__))
-from timing import report  # noqa: E402
+from timing import alternating, report  # noqa: E402
 
 
 def weights(cfg, dtype) -> tuple[list[dict], list[dict]]:
@@ -100,13 +98,9 @@ def main() -> None:
             a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
             # the same sums in another grouping: bf16 rounding drifts over 30 blocks, float32 does not
             assert np.abs(a - b).max() <= (0.1 if dtype == "bfloat16" else 1e-3) * np.abs(b).max(), "outputs differ"
-            times = {"separate": [], "fused": []}
-            for _ in range(args.repeats):
-                for name, fn, layers in (("separate", blocks_separate, separate), ("fused", blocks_fused, fused)):
-                    t = time.perf_counter()
-                    fn(x, layers).block_until_ready()
-                    times[name].append(time.perf_counter() - t)
-            s, f = statistics.median(times["separate"]), statistics.median(times["fused"])
+            med = alternating({"separate": (blocks_separate, (x, separate)), "fused": (blocks_fused, (x, fused))},
+                              args.repeats)
+            s, f = med["separate"], med["fused"]
             lines.append(f"| {dtype} | {rows} | {s * 1e3:.2f} | {f * 1e3:.2f} | {s / f:.2f}x |")
             print(lines[-1], flush=True)
     report("\n" + "\n".join(lines), args.out)

@@ -33,7 +33,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from ivg_peak import make_models, matmul_peak  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from timing import cpu_name, report  # noqa: E402
+from timing import alternating, cpu_name, report  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -116,19 +116,14 @@ def matmul_rates(m: int, rounds: int = 60) -> list[tuple]:
     out = []
     for k, n in SHAPES:
         x, w = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
-        calls = [(jax.jit(jnp.dot), (jnp.asarray(x), jnp.asarray(w))),
-                 (jax.jit(_dot_out_in), (jnp.asarray(x), jnp.asarray(np.ascontiguousarray(w.T)))),
-                 (np.dot, (x, w))]
-        times = [[] for _ in calls]
-        for fn, call_args in calls:
-            jax.block_until_ready(fn(*call_args))
-        for _ in range(rounds):
-            for fn_times, (fn, call_args) in zip(times, calls):
-                t = time.perf_counter()
-                jax.block_until_ready(fn(*call_args))
-                fn_times.append(time.perf_counter() - t)
+        calls = {"xla": (jax.jit(jnp.dot), (jnp.asarray(x), jnp.asarray(w))),
+                 "out_in": (jax.jit(_dot_out_in), (jnp.asarray(x), jnp.asarray(np.ascontiguousarray(w.T)))),
+                 "blas": (np.dot, (x, w))}
+        for fn, call_args in calls.values():
+            jax.block_until_ready(fn(*call_args))  # compiles
+        med = alternating(calls, rounds)
         flop = 2 * m * k * n
-        out.append((k, n, *(flop / statistics.median(t) / 1e9 for t in times)))
+        out.append((k, n, *(flop / med[name] / 1e9 for name in calls)))
     return out
 
 

@@ -1,5 +1,6 @@
-"""The benchmarks' one timing loop (a first call, compiling included, then the median of `repeats` more), their
-one way of publishing a result table, and the name of the machine it was measured on."""
+"""The benchmarks' timing loops (one call: a first call, compiling included, then the median of `repeats` more;
+several choices: called in turn, medians), their one way of publishing a result table, and the name of the
+machine it was measured on."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ def timed(call, repeats: int):
         call()
         times.append(time.perf_counter() - t)
     return out, first, statistics.median(times)
+
+
+def alternating(calls: dict, rounds: int) -> dict:
+    """{name: median seconds} of each `(fn, args)` in `calls` (compiled and warm already), waited on until its
+    result is ready, the calls made in turn `rounds` times: side by side, so the machine's drift falls on every
+    choice alike instead of deciding which one wins."""
+    import jax  # here, not at the top: scripts set XLA_FLAGS before JAX loads
+
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (fn, args) in calls.items():
+            t = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t)
+    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def report(text: str, out: str = "") -> None:
