@@ -16,14 +16,23 @@ CPU_FLAGS = ("--xla_cpu_use_xnnpack=true",)
 
 # The library XLA:CPU hands a search's matmuls to, chosen per compiled search (jit's `compiler_options`: the rest
 # of the process keeps XLA's default). jaxlib's default, YNNPACK (`xla`), is fastest at one or a few rows and at
-# 64 rows; around 8-48 rows (one prompt's W·K = 16) oneDNN or XLA's own Eigen dots are faster on AVX2 CPUs.
+# 64 rows; around 8-48 rows (one prompt's W·K = 16) XLA's own Eigen dots are faster on AVX2 CPUs.
 # `python benchmarks/cpu_matmuls.py` measures it side by side on a machine. Accelerators ignore the choice.
 _NO_YNNPACK = {"xla_cpu_use_xnnpack": False, "xla_cpu_experimental_ynn_fusion_type": ""}
-CPU_MATMULS = {"xla": None, "onednn": {**_NO_YNNPACK, "xla_cpu_experimental_onednn_custom_call": True},
-               "eigen": _NO_YNNPACK}
+CPU_MATMULS = {"xla": None, "eigen": _NO_YNNPACK}
+
+# Choices once offered and why they are gone; a config naming one gets this line instead of a silent fallback.
+RETIRED_CPU_MATMULS = {
+    "onednn": "'onednn' compiled the same program as 'eigen' (jaxlib 0.10's CPU backend ignores "
+              "xla_cpu_experimental_onednn_custom_call), and XLA's oneDNN fusions that do run were slower than the "
+              "default on every shape measured and kill the process on a GELU MLP once they fuse its activation "
+              "(benchmarks/cpu_matmuls.py --dots); use 'eigen' or the default 'xla'",
+}
 
 
 def check_cpu_matmuls(cpu_matmuls: str) -> None:
+    if cpu_matmuls in RETIRED_CPU_MATMULS:
+        raise InputError(f"cpu_matmuls={cpu_matmuls!r} is no longer offered: {RETIRED_CPU_MATMULS[cpu_matmuls]}")
     if cpu_matmuls not in CPU_MATMULS:
         raise InputError(f"cpu_matmuls must be one of {', '.join(CPU_MATMULS)}; got {cpu_matmuls!r}")
 

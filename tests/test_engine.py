@@ -19,6 +19,7 @@ from ivg_jax.decoding.sampling import Sampling
 from ivg_jax.decoding.step_cost import token_step_cost
 from ivg_jax.errors import InputError
 from ivg_jax.guidance import ExplicitGuide, Guidance, ImplicitGuide, Search, best_of_n
+from ivg_jax.runtime import CPU_MATMULS
 
 CFG = ModelConfig(family="llama", vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=8,
                   d_ff=48, pad_token_id=0, eos_token_ids=(1,))
@@ -209,7 +210,7 @@ def test_another_cpu_matmul_library_compiles_the_search_without_ynnpack_and_chan
     """`cpu_matmuls` reaches the compiler for this search only: XLA's default program hands its dots to YNNPACK
     fusions and the chosen library's has none; the search's tokens, choices and scores are the default's (up to
     float rounding)."""
-    cpu_matmuls = "onednn"  # "eigen" differs only in leaving out oneDNN's custom calls
+    cpu_matmuls = "eigen"
     guidance = _guidance(models, "implicit", "explicit")
     kwargs = dict(search=Search(2, 2, 3), sampling=Sampling(1.0), max_new_tokens=6, seed=3, stop_ids=STOP)
     default = generate(models["base"], PROMPTS, guidance, **kwargs)
@@ -221,11 +222,18 @@ def test_another_cpu_matmul_library_compiles_the_search_without_ynnpack_and_chan
     call = engine.plan(models["base"], PROMPTS, guidance, Search(2, 2, 3), Sampling(1.0), 6, stop_ids=STOP)
     inputs, _, _ = engine.encode_inputs(call, PROMPTS, 3)
     params = engine.placed_params(call)
-    compiled = {name: search.lower(call.program, params, inputs).compile().as_text()
-                for name, search in (("xla", engine.run), (cpu_matmuls, engine._run_with(cpu_matmuls)))}
+    compiled = {name: (engine.run if options is None else engine._run_with(name)).lower(
+        call.program, params, inputs).compile().as_text() for name, options in CPU_MATMULS.items()}
     assert "ynn_fusion" in compiled["xla"] and "ynn_fusion" not in compiled[cpu_matmuls]
-    with pytest.raises(InputError, match="cpu_matmuls must be one of xla, onednn, eigen; got 'mkl'"):
+    # every offered choice is a program of its own: a library whose flag XLA ignores would compile another's
+    bodies = {"\n".join(line for line in text.splitlines() if not line.startswith("HloModule"))
+              for text in compiled.values()}
+    assert len(bodies) == len(CPU_MATMULS)
+    with pytest.raises(InputError, match="cpu_matmuls must be one of xla, eigen; got 'mkl'"):
         generate(models["base"], PROMPTS, guidance, cpu_matmuls="mkl", **kwargs)
+    # "onednn" compiled this very program (its flag was inert): a name for a library the search did not use
+    with pytest.raises(InputError, match="'onednn' is no longer offered: 'onednn' compiled the same program"):
+        generate(models["base"], PROMPTS, guidance, cpu_matmuls="onednn", **kwargs)
 
 
 def test_finished_rows_are_frozen_and_not_duplicated(models):

@@ -91,8 +91,8 @@ DECODE_HELP = {
                      "a loop over stacked weights: faster decoding on CPU (bf16 matmuls stay bf16) for a longer "
                      "compile; results unchanged in float32 (in bfloat16 on CPU the loop computes in float32, "
                      "so samples differ at the rounding)",
-    "cpu_matmuls": "the library XLA:CPU runs the search's matmuls with: xla (its default, YNNPACK), onednn or "
-                   "eigen; onednn/eigen are faster around 8-48 rows (one prompt's beams x candidates) on AVX2 "
+    "cpu_matmuls": "the library XLA:CPU runs the search's matmuls with: xla (its default, YNNPACK) or eigen "
+                   "(XLA's own dots); eigen is faster around 8-48 rows (one prompt's beams x candidates) on AVX2 "
                    "CPUs and slower at a few or many rows (benchmarks/cpu_matmuls.py); ignored off CPU",
     "prompt_field": "name of the prompt field of the input records",
     "id_field": "name of the id field (default ids: line numbers)",

@@ -542,8 +542,8 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
     no weight or cache copies per token), at the price of ~3x the compile time (benchmarks/ivg_peak.py) and,
     for models whose blocks are stacked, one copy of them for the call. Models that hold their blocks per layer
     (`load_model(per_layer=True)`, `Model.with_layout`) run that way without a copy, whatever this flag says.
-    `cpu_matmuls`: the library XLA:CPU runs the search's matmuls with — "xla" (its default, YNNPACK), "onednn" or
-    "eigen"; on an AVX2 EPYC the latter two ran one prompt's 16-row SmolLM2 search 1.3-1.5x faster and 4 or
+    `cpu_matmuls`: the library XLA:CPU runs the search's matmuls with — "xla" (its default, YNNPACK) or "eigen"
+    (XLA's own dots); on an AVX2 EPYC Eigen ran one prompt's 16-row SmolLM2 search 1.3-1.5x faster and 4 or
     64 rows slower (measure on yours with benchmarks/cpu_matmuls.py). Results equal up to float rounding.
     Ignored off CPU and for chunk scores of another tokenizer (scored on the host between compiled chunks).
     """

@@ -37,7 +37,7 @@ class DecodeSettings:
     stop: str = ""  # a string that ends a continuation; "" = none
     compaction: int = 0  # halve the batch up to this many times as rows finish (speed only; results unchanged)
     unroll_layers: bool = False  # blocks on per-layer weights (speed for compile time; float32 results unchanged)
-    cpu_matmuls: str = "xla"  # XLA:CPU's matmul library for the search: "xla" (YNNPACK), "onednn" or "eigen"
+    cpu_matmuls: str = "xla"  # XLA:CPU's matmul library for the search: "xla" (YNNPACK) or "eigen"
 
     def __post_init__(self):
         if self.token not in MODES or self.chunk not in MODES:
