@@ -8,12 +8,13 @@ the embedded SmolLM2-135M (plain sampling at several row counts; IVG with a cont
 four prompts of W·K = 16 rows) and on issue 14's GPT-2-small-shaped IVG (four random models, W, K, L = 4, 4, 5:
 one prompt = 16 rows). Ratios are speed over the default.
 
-`--dots` measures instead why oneDNN is not a choice: a 12-block MLP stack (GPT-2-small's 768 × 3072, ReLU) at
-1, 16 and 128 rows, float32 and bfloat16, with YNNPACK's, Eigen's and XLA's oneDNN fusions
+`--dots` measures the kernels under those choices instead: a 12-block MLP stack (GPT-2-small's 768 × 3072,
+ReLU) at 1, 16 and 128 rows, float32 and bfloat16, with YNNPACK's, Eigen's and XLA's oneDNN fusions
 (`--xla_cpu_use_onednn`, the oneDNN path jaxlib 0.10 runs; its `xla_cpu_experimental_onednn_custom_call` flag,
-which an earlier "onednn" choice set, changes nothing in the compiled program), and whether the same stack with
-GELU compiles under oneDNN at all, as single dots and with elementwise neighbours fused (each in a child process:
-it can abort).
+which an earlier "onednn" choice set, changes nothing in the compiled program); what one bf16 row costs a decode
+program (SmolLM2 sampling one prompt, forced to one row against the engine's prompt plus a dropped copy); and
+whether the MLP stack with GELU compiles under oneDNN at all, as single dots and with elementwise neighbours fused
+(each in a child process: it can abort).
 
     python benchmarks/cpu_matmuls.py [--rows 1 4 8 16 32 64 128] [--repeats 3] [--out FILE]
     python benchmarks/cpu_matmuls.py --dots [--repeats 15] [--out FILE]
@@ -104,6 +105,31 @@ def gelu_child(fusion_type: str) -> None:
     print("ran")
 
 
+def one_row(repeats: int) -> list[str]:
+    """SmolLM2 plain sampling of one prompt with bf16 per-layer weights, as the engine runs it (two rows: the
+    prompt and a dropped copy, `min_decode_rows`) and forced to one row: XLA temporaries and ms per token."""
+    import dataclasses
+
+    from ivg_jax.decoding import engine
+
+    base = ivg_jax.load_model("smollm2", dtype="bfloat16", per_layer=True)
+    new_tokens, prompts = 32, OPENINGS[:1]
+    call = engine.plan(base, prompts, ivg_jax.Guidance(base_template=BASE), None, ivg_jax.Sampling(0.7),
+                       new_tokens, stop_ids=[])
+    programs, calls = {}, {}
+    for name, c in (("one row", dataclasses.replace(call, n_prompts=1)), (f"{call.n_prompts} rows (default)", call)):
+        inputs, _, _ = engine.encode_inputs(c, prompts, 0)
+        params = engine.placed_params(c)
+        compiled = engine.run.lower(c.program, params, inputs).compile()
+        programs[name] = compiled.memory_analysis().temp_size_in_bytes
+        jax.block_until_ready(compiled(params, inputs))
+        calls[name] = (compiled, (params, inputs))
+    med = alternating(calls, repeats)
+    return ["", f"SmolLM2-135M plain sampling, one prompt, bfloat16 per-layer weights, {new_tokens} tokens, median of "
+            f"{repeats} (alternating):", "", "| rows run | XLA temp MB | ms per token |", "|---|---:|---:|"] + [
+        f"| {name} | {programs[name] / 1e6:.0f} | {med[name] / new_tokens * 1e3:.1f} |" for name in calls]
+
+
 def dots(repeats: int) -> str:
     libraries = {"YNNPACK (xla)": None, "Eigen (eigen)": CPU_MATMULS["eigen"], "oneDNN fusions": ONEDNN_FUSIONS}
     lines = [f"# 12-block MLP stack 768 x 3072 (ReLU) per matmul library; {cpu_name()}, {os.cpu_count()} CPUs, "
@@ -123,6 +149,7 @@ def dots(repeats: int) -> str:
             lines.append(f"| {dtype} | {rows} | " + " | ".join(
                 f"{med[n] * 1e3:.1f} ({flops / med[n] / 1e9:.0f})" for n in libraries) + " |")
             print(lines[-1], flush=True)
+    lines += one_row(max(3, repeats // 3))
     lines.append("")
     for fusion_type, what in (("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT", "single dots (the table's)"),
                               ("LIBRARY_FUSION_TYPE_DOT", "dots with their elementwise neighbours fused")):

@@ -546,3 +546,39 @@ def test_a_search_too_large_for_free_memory_is_refused_before_it_runs(models, mo
     monkeypatch.undo()
     monkeypatch.setattr(engine, "free_memory_bytes", lambda devices: need)
     generate(models["base"], PROMPTS, g, Search(2, 2, 3), max_new_tokens=6, stop_ids=STOP)  # fits: runs
+
+
+def test_a_one_row_bfloat16_search_runs_a_dropped_copy_so_xla_holds_no_float32_weights(models):
+    """XLA:CPU multiplies a one-row bf16 dot in float32 on a float32 copy of the weight and hoists that copy out of
+    the token loop: every weight held twice. A one-row program (one prompt, W·K = 1) with 16-bit weights on CPU
+    therefore runs a copy of its prompt (`min_decode_rows`), dropped from the result — in float32 it does not."""
+    def bf16(model):
+        return model.with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), model.params))
+
+    base = bf16(models["base"]).with_layout(per_layer=True)
+    kwargs = dict(sampling=Sampling(1.0), max_new_tokens=6, stop_ids=STOP)
+    call = engine.plan(base, PROMPTS[:1], Guidance(), **kwargs)
+    assert (call.n_real, call.n_prompts) == (1, 2)
+    assert engine.plan(models["base"], PROMPTS[:1], Guidance(), **kwargs).n_prompts == 1
+    best_of_2 = Guidance(explicit=ExplicitGuide(models["value"], 1.0), chunk="explicit")
+    assert engine.plan(base, PROMPTS[:1], best_of_2, Search(1, 2), **kwargs).n_prompts == 1  # two rows already
+
+    def temp_bytes(c):
+        inputs, _, _ = engine.encode_inputs(c, PROMPTS[:1], 3)
+        return engine.run.lower(c.program, engine.placed_params(c), inputs).compile().memory_analysis() \
+            .temp_size_in_bytes
+
+    f32_weights = sum(a.size * 4 for a in jax.tree.leaves(base.params))
+    one_row, two_rows = temp_bytes(dataclasses.replace(call, n_prompts=1)), temp_bytes(call)
+    assert one_row - two_rows > 0.5 * f32_weights  # the float32 copy the one-row program holds
+    assert two_rows < 0.5 * f32_weights
+
+    # the copy changes nothing a caller sees: one prompt's result is the first prompt's of a batch
+    out = generate(base, PROMPTS[:1], Guidance(), seed=3, **kwargs)
+    batch = generate(base, PROMPTS[:1] + PROMPTS[1:2], Guidance(), seed=3, **kwargs)
+    assert out.tokens.shape[0] == 1 and out.rows["tokens"].shape[0] == 1
+    np.testing.assert_array_equal(out.tokens[0], batch.tokens[0])
+    assert out.forward_tokens == batch.forward_tokens_per_prompt[0]
+    plain = complete(base, PROMPTS[:1], 6, Sampling(1.0), seed=3, stop_ids=STOP)
+    np.testing.assert_array_equal(plain.tokens, complete(base, PROMPTS[:2], 6, Sampling(1.0), seed=3,
+                                                         stop_ids=STOP).tokens[:1])

@@ -15,7 +15,7 @@ stop changing, and their tiled copies are marked duplicates that selection never
 
 Shapes (the glossary of the decoding package; model code adds B rows, T positions, S cache slots, D width,
 Nq / Nkv query / KV heads, H head dim):
-    P   prompts in the batch, bucketed (`prompt_bucket`)     W  beams kept per prompt
+    P   prompts in the batch, bucketed (`Plan.n_prompts`)    W  beams kept per prompt
     K   candidates per beam                                    R  rows = P·W·K, row r = p·W·K + w·K + k
     L   tokens per chunk                                       C  chunks; N = C·L the new-token buffer
     T_m prompt length of member m (its own template)          V  vocabulary
@@ -48,7 +48,7 @@ from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_p
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, extend_trunk, head_at, prefill, prefill_trunk, unstack_blocks
-from ivg_jax.runtime import CPU_MATMULS, check_cpu_matmuls, free_memory_bytes
+from ivg_jax.runtime import CPU_MATMULS, check_cpu_matmuls, free_memory_bytes, min_decode_rows
 from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
@@ -558,7 +558,7 @@ def generate(base: Model, prompts, guidance: Guidance | None = None, search: Sea
         search = run if CPU_MATMULS[cpu_matmuls] is None or jax.default_backend() != "cpu" else _run_with(cpu_matmuls)
         state, best = settle(search(call.program, params, inputs), mesh)
         return _result(call, state, to_host(best), prompt_tokens)
-    return _run_host_scored(call, params, inputs, _bucketed(prompts), w_host, prompt_tokens)
+    return _run_host_scored(call, params, inputs, _bucketed(prompts, call.n_prompts), w_host, prompt_tokens)
 
 
 def check_memory(program: Program, params: Members, inputs: Inputs) -> None:
@@ -609,7 +609,8 @@ class Plan:
     templates: Members  # str per in-graph member
     guidance: Guidance  # as given, minus unused guides: the weights and the host-scored guides come from here
     host_kind: str | None  # the chunk-level kind scored on the host (guides of another tokenizer), or None
-    n_real: int  # prompts as given; the program runs `prompt_bucket(n_real)`
+    n_real: int  # prompts as given
+    n_prompts: int  # prompts the program runs: n_real bucketed (`prompt_bucket`), copies of the first after them
     stop_strings: tuple[str, ...]
     stops: Stops  # host arrays
     tokenizer: Any  # the base's
@@ -626,14 +627,19 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
     chunks, length = n_chunks(search, max_new_tokens)
     stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
                         base.config.vocab_size, check_ids=stop_ids is not None)
-    encoded = list(_encode_members(models, templates, _bucketed(prompts), chunks * length, _pad_id(base)))
+    # One-row programs on CPU with bf16 weights run a second, dropped row (`min_decode_rows`: else XLA holds a
+    # float32 copy of every weight); at one row per prompt that row is a copy of the first prompt.
+    n_prompts = max(prompt_bucket(len(prompts)),
+                    -(-min_decode_rows(*(m.params for m in models)) // search.rows_per_prompt))
+    encoded = list(_encode_members(models, templates, _bucketed(prompts, n_prompts), chunks * length, _pad_id(base)))
     program = Program(
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,
         beams=search.beams, candidates=search.candidates, chunk_length=length, n_chunks=chunks,
         max_new_tokens=max_new_tokens, sampling=sampling, pad_id=_pad_id(base), n_stop_strings=stops.n_strings,
         mesh=mesh, trunks=shared_trunks(models, encoded), compaction=compaction, unroll_layers=bool(unroll_layers))
     return Plan(program=program, models=models, templates=templates, guidance=guidance, host_kind=host_kind,
-                n_real=len(prompts), stop_strings=tuple(stop_strings), stops=stops, tokenizer=base.tokenizer)
+                n_real=len(prompts), n_prompts=n_prompts, stop_strings=tuple(stop_strings), stops=stops,
+                tokenizer=base.tokenizer)
 
 
 def _pad_id(base: Model) -> int:
@@ -670,19 +676,19 @@ def _in_graph(guidance: Guidance, host_kind: str | None) -> Guidance:
         explicit=None if host_kind == "explicit" else guidance.explicit)
 
 
-def _bucketed(prompts) -> list:
-    """The prompts padded to `prompt_bucket` with copies of the first, so batches of nearby sizes share one
-    program (the copies' results are dropped)."""
-    return list(prompts) + [prompts[0]] * (prompt_bucket(len(prompts)) - len(prompts))
+def _bucketed(prompts, n_prompts: int) -> list:
+    """The prompts padded to `n_prompts` (`Plan.n_prompts`) with copies of the first, so batches of nearby sizes
+    share one program (the copies' results are dropped)."""
+    return list(prompts) + [prompts[0]] * (n_prompts - len(prompts))
 
 
 def encode_inputs(call: Plan, prompts, seed=0, implicit_weights=None, explicit_weight=None):
     """-> (`Inputs` on the devices, prompt tokens per real prompt [P_real] summed over members, the host-scored
     implicit guides' weights [P, G_host] or None)."""
     mesh, n_real = call.program.mesh, call.n_real
-    n_prompts = prompt_bucket(n_real)
+    n_prompts = call.n_prompts
     ids, masks, prompt_tokens = [], [], np.zeros(n_real, np.int64)
-    for i, k in _encode_members(call.models, call.templates, _bucketed(prompts), call.program.n_steps,
+    for i, k in _encode_members(call.models, call.templates, _bucketed(prompts, n_prompts), call.program.n_steps,
                                 call.program.pad_id):
         prompt_tokens += k[:n_real].sum(1)
         ids.append(put(i, ("batch", None), mesh))
