@@ -17,8 +17,6 @@ unrolled for counting) and the time `plan` spends finding the trunks.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
 import time
 
 from ivg_jax.runtime import tune_cpu
@@ -27,6 +25,7 @@ tune_cpu()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import alternating, cpu_name  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -59,7 +58,7 @@ def main() -> None:
     tuned = retrained(base, args.top_blocks, 1)
     value = retrained(attach_head(base, "value", scale=0.01, seed=2), args.top_blocks, 3)
     prompts = load_prompts(cfg, "test")[:args.prompts]
-    print(f"# {platform.processor() or platform.machine()}, {jax.device_count()} x {jax.devices()[0].platform}; "
+    print(f"# {cpu_name()}, {jax.device_count()} x {jax.devices()[0].platform}; "
           f"SmolLM2-135M base/reference, guides differing in their top {args.top_blocks} blocks; {len(prompts)} "
           f"prompts, {args.max_new_tokens} new tokens, W,K,L = {cfg.beams},{cfg.candidates},{cfg.chunk_length}")
     print("| method | trunk | s/call shared | s/call alone | speed-up | step GFLOP shared / alone | plan s |")
@@ -81,22 +80,18 @@ def main() -> None:
             captured[bool(program.trunks)] = (program, params, inputs)
             return run(program, params, inputs)
 
-        times = {True: [], False: []}
+        def decode(shared, settings=settings, guidance=guidance, seeds=seeds):
+            engine.shared_trunks = find_trunks if shared else (lambda *a: ())
+            return settings.decode(base, prompts, guidance, seeds)
+
         try:
             engine.run = capture
             for shared in (True, False):  # compile both, capture their inputs
-                engine.shared_trunks = find_trunks if shared else (lambda *a: ())
-                settings.decode(base, prompts, guidance, seeds)
+                decode(shared)
             engine.run = run
-            for _ in range(args.repeats):
-                for shared in (True, False):
-                    engine.shared_trunks = find_trunks if shared else (lambda *a: ())
-                    t = time.perf_counter()
-                    settings.decode(base, prompts, guidance, seeds)
-                    times[shared].append(time.perf_counter() - t)
+            med = alternating({shared: (decode, (shared,)) for shared in (True, False)}, args.repeats)
         finally:
             engine.run, engine.shared_trunks = run, find_trunks
-        med = {k: statistics.median(v) for k, v in times.items()}
         flops = {k: token_step_cost(*captured[k])["flops"] / 1e9 for k in captured}
         print(f"| {method} | {trunks or 'none'} | {med[True]:.2f} | {med[False]:.2f} | "
               f"{med[False] / med[True]:.2f}x | {flops.get(True, np.nan):.2f} / {flops[False]:.2f} | "

@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
-import statistics
-import time
 
 from ivg_jax.runtime import tune_cpu
 
@@ -29,7 +26,7 @@ tune_cpu()
 
 import jax  # noqa: E402
 from shared_trunk import retrained  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
-from timing import report  # noqa: E402
+from timing import alternating, cpu_name, report  # noqa: E402
 
 import ivg_jax  # noqa: E402
 from ivg_jax.decoding import engine  # noqa: E402
@@ -54,7 +51,7 @@ def main() -> None:
     tuned = retrained(base, 2, 1)
     value = retrained(attach_head(base, "value", scale=0.01, seed=2), 2, 3)
     prompts = load_prompts(cfg, "test")[:args.prompts]
-    lines = [f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs), {jax.devices()[0].platform}; "
+    lines = [f"{cpu_name()} ({os.cpu_count()} CPUs), {jax.devices()[0].platform}; "
              f"SmolLM2-135M base/reference ({args.dtype}), guides differing in their top 2 blocks; "
              f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, W,K,L = {cfg.beams},{cfg.candidates},"
              f"{cfg.chunk_length}, best-of-{cfg.bon_n}; median of {args.repeats}, alternating", "",
@@ -69,15 +66,10 @@ def main() -> None:
         assert programs[True].values_at_tokens, method
         inputs, _, _ = engine.encode_inputs(call, prompts, 0)
         params = engine.placed_params(call)
-        times = {True: [], False: []}
         for program in programs.values():  # compile both first
             jax.block_until_ready(engine.run(program, params, inputs))
-        for _ in range(args.repeats):
-            for columns, program in programs.items():
-                t = time.perf_counter()
-                jax.block_until_ready(engine.run(program, params, inputs))
-                times[columns].append(time.perf_counter() - t)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = alternating({columns: (engine.run, (program, params, inputs))
+                           for columns, program in programs.items()}, args.repeats)
         flops = {k: token_step_cost(p, params, inputs)["flops"] / 1e9 for k, p in programs.items()}
         lines.append(f"| {method} | {call.program.width * inputs.seeds.shape[0]} | {med[True]:.2f} | "
                      f"{med[False]:.2f} | {med[False] / med[True]:.2f}x | {flops[True]:.2f} / {flops[False]:.2f} |")
