@@ -582,3 +582,33 @@ def test_a_one_row_bfloat16_search_runs_a_dropped_copy_so_xla_holds_no_float32_w
     plain = complete(base, PROMPTS[:1], 6, Sampling(1.0), seed=3, stop_ids=STOP)
     np.testing.assert_array_equal(plain.tokens, complete(base, PROMPTS[:2], 6, Sampling(1.0), seed=3,
                                                          stop_ids=STOP).tokens[:1])
+
+
+def test_bfloat16_blocks_are_scanned_as_bits_for_decoding_without_a_float32_copy(models, monkeypatch):
+    """XLA:CPU converts a bf16 weight stack that a loop slices dynamically to float32 — hoisted out of the decode
+    loop, a float32 copy of every block per call — and each slice back. Decoding scans the stack as uint16 bits
+    instead (`transformer.as_bits`): the same numbers bit for bit, without that copy."""
+    from ivg_jax.model import transformer
+
+    base = models["base"].with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), models["base"].params))
+    ids = jnp.asarray([[5, 6, 7, 8], [9, 10, 11, 12]], jnp.int32)
+    mask = jnp.ones_like(ids, bool)
+    sample_args = (base.graphdef, base.params, ids, mask, jax.random.split(jax.random.key(0), 2),
+                   jnp.asarray(STOP), jnp.int32(0), 8, Sampling(1.0))
+
+    def decode():
+        jax.clear_caches()  # the jitted model functions trace again with whatever as_bits is now
+        logits, cache = transformer.prefill(base.graphdef, base.params, ids, mask, capacity=8)
+        step, _ = transformer.step(base.graphdef, base.params, jnp.asarray([13, 14]), cache)
+        from ivg_jax.decoding.plain import _sample_loop
+        temp = _sample_loop.lower(*sample_args).compile().memory_analysis().temp_size_in_bytes
+        return np.asarray(logits, np.float32), np.asarray(step, np.float32), temp
+
+    as_bits = decode()
+    monkeypatch.setattr(transformer, "as_bits", lambda a: a)
+    monkeypatch.setattr(transformer, "from_bits", lambda a, dtype: a)
+    as_floats = decode()
+    np.testing.assert_array_equal(as_bits[0], as_floats[0])
+    np.testing.assert_array_equal(as_bits[1], as_floats[1])
+    block_weights = sum(a.size for a in jax.tree.leaves(base.params["blocks"]))
+    assert as_floats[2] - as_bits[2] > 1.5 * block_weights  # float32 copy (4 bytes each) against bits (2)

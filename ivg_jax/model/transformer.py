@@ -91,6 +91,14 @@ class Transformer(nnx.Module):
         by_index = layers is None and not whole and not copy_weights
         if layers is None and not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
+        dtypes = jax.tree.map(lambda a: a.dtype, block_params)
+        packed = layers is None and (cache is not None or not copy_weights) and jax.default_backend() == "cpu"
+        if packed:
+            # Decoding (no gradient wanted): the scan reads each block of 16-bit float weights as same-width
+            # integers. XLA:CPU converts a stack of bf16 weights that a loop slices dynamically to float32 (once
+            # per call, hoisted out of the decode loop) and each slice back: a float32 copy of every block, then
+            # that conversion's traffic at every token (`as_bits`).
+            block_params = jax.tree.map(as_bits, block_params)
 
         prefix = None if cache is None else cache.prefix
         write_first = layers is not None and cache is not None
@@ -112,7 +120,7 @@ class Transformer(nnx.Module):
             if by_index:
                 params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
                                       block_params)
-            block = nnx.merge(graphdef, params)
+            block = nnx.merge(graphdef, jax.tree.map(from_bits, params, dtypes) if packed else params)
             shared = None if prefix is None else (prefix_k, prefix_v, prefix.pos)
             inv_freq, window = attention_of(index)
             x, k, v = block(x, positions, inv_freq, cache_k, cache_v, None if cache is None else cache.pos, shared,
@@ -190,6 +198,19 @@ class Transformer(nnx.Module):
         """-> (head output float32, or the final-normed hidden [B, T, D] without `head`; new k and v)."""
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)
         return (self.head(h) if head else h), k, v
+
+
+def as_bits(a: jax.Array) -> jax.Array:
+    """A 16-bit float array as the same bits in uint16 (other arrays as they are): exact, and XLA slices integer
+    stacks in place where it would convert a bf16 stack to float32 first (`Transformer.blocks_range`)."""
+    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(a, jnp.uint16)
+    return a
+
+
+def from_bits(a: jax.Array, dtype) -> jax.Array:
+    """The inverse of `as_bits` for an array that was of `dtype`."""
+    return jax.lax.bitcast_convert_type(a, dtype) if a.dtype != dtype else a
 
 
 def per_layer(params: dict) -> bool:
