@@ -3,6 +3,7 @@ computes with its dequantized weights (values x scale) — the quantized matmuls
 are exact rewrites, so the only error left is the rounding itself."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -106,3 +107,29 @@ def test_int8_weights_are_refused_where_float_ones_are_needed(hf_checkpoint, tmp
     with pytest.raises(InputError, match="quantize must be one of"):
         ivg_jax.load_model(directory, quantize="int4")
     assert isinstance(int8.params["embed"], Int8Weight)
+
+
+def test_a_bfloat16_table_read_in_a_loop_is_gathered_as_bits_without_a_float32_copy():
+    """XLA:CPU gathers from a bf16 table that a loop reads by converting the whole table to float32 once per call;
+    `take_rows` / `take_columns` gather its uint16 bits instead: the same values and gradients as `jnp.take`,
+    without the float32 table."""
+    from ivg_jax.model.quant import take_columns, take_rows
+
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 64)), jnp.bfloat16)
+    ids = jnp.asarray([3, 7, 3, 4095])
+    np.testing.assert_array_equal(take_rows(table, ids), jnp.take(table, ids, axis=0))
+    np.testing.assert_array_equal(take_columns(table.T, ids), jnp.take(table.T, ids, axis=1).T.astype(jnp.float32))
+    grads = [jax.grad(lambda t, f=f: (f(t, ids).astype(jnp.float32) ** 2).sum())(table)
+             for f in (take_rows, lambda t, i: jnp.take(t, i, axis=0))]
+    np.testing.assert_array_equal(grads[0], grads[1])
+
+    def loop(gather):
+        def read(table, ids):
+            def body(t, total):
+                return total + gather(table, (ids + t) % table.shape[0]).astype(jnp.float32).sum()
+            return jax.lax.fori_loop(0, 4, body, jnp.float32(0))
+        return jax.jit(read).lower(table, ids).compile().memory_analysis().temp_size_in_bytes
+
+    f32_table = table.size * 4
+    assert loop(lambda t, i: jnp.take(t, i, axis=0)) >= f32_table  # what XLA does with a plain gather
+    assert loop(take_rows) < 0.6 * f32_table  # the bits: at most a 16-bit copy

@@ -16,7 +16,7 @@ from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.layers import Block, Norm, _param, layer_attention, softcap
-from ivg_jax.model.quant import matmul_f32, take_columns, take_rows
+from ivg_jax.model.quant import matmul_f32, matmul_rows_f32, take_columns, take_rows
 
 
 class Transformer(nnx.Module):
@@ -116,7 +116,10 @@ class Transformer(nnx.Module):
             return None if inv_freqs is None else jnp.asarray(inv_freqs)[i], jnp.asarray(windows)[i]
 
         def layer(x, scanned):
-            params, index, cache_k, cache_v, prefix_k, prefix_v = scanned
+            params, index, *kv = scanned
+            if packed:
+                kv = [None if a is None else from_bits(a, dtype) for a, dtype in zip(kv, kv_dtypes)]
+            cache_k, cache_v, prefix_k, prefix_v = kv
             if by_index:
                 params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
                                       block_params)
@@ -129,6 +132,9 @@ class Transformer(nnx.Module):
 
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
         prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
+        if packed:  # a stacked bf16 cache is sliced per block like the weights, and changes every token
+            kv_dtypes = [None if a is None else a.dtype for a in (*rows_kv, *prefix_kv)]
+            rows_kv, prefix_kv = (tuple(None if a is None else as_bits(a) for a in kv) for kv in (rows_kv, prefix_kv))
         if layers is not None:  # the same block step, unrolled over per-layer weights and cache buffers
             ks, vs = [], []
             for i, weights in enumerate(layers[start:stop]):
@@ -171,12 +177,12 @@ class Transformer(nnx.Module):
         if cfg.head == "scalar":
             return jnp.einsum("btd,d->bt", h, self.score_head[...]).astype(jnp.float32)
         if cfg.head == "value":
-            w = self.value_head.get_value()
+            out = matmul_f32(h, self.value_head.get_value())
         elif cfg.tie_embeddings:
-            w = self.embed.get_value().T
+            out = matmul_rows_f32(h, self.embed.get_value())
         else:
-            w = self.lm_head.get_value()
-        return softcap(matmul_f32(h, w), cfg.logit_softcap if cfg.head == "lm" else None)
+            out = matmul_f32(h, self.lm_head.get_value())
+        return softcap(out, cfg.logit_softcap if cfg.head == "lm" else None)
 
     def head_at(self, h: jax.Array, ids: jax.Array) -> jax.Array:
         """`head(h)` at one vocabulary column per row: h [B, D] (final-normed), ids [B] -> float32 [B], without
