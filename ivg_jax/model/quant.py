@@ -175,8 +175,7 @@ def matmul_f32(x: jax.Array, w) -> jax.Array:
 def matmul_rows_f32(x: jax.Array, w) -> jax.Array:
     """x [..., in] against the rows of w [out, in] (an embedding read as a tied head; an array or an `Int8Weight`
     scaled per row) -> [..., out] accumulated and returned in float32. One dot contracting w's last axis: through
-    `w.T`, XLA:CPU makes a transposed copy of w per call — for bf16 a float32 one (4x the embedding's bytes) and
-    a 3x slower head (benchmarks/cpu_matmuls.py --dots)."""
+    `w.T`, XLA:CPU makes a transposed copy of w per call, for bf16 a float32 one (4x the embedding's bytes)."""
     if not is_quantized(w):
         return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
     dtype = _compute_dtype(x)

@@ -91,13 +91,13 @@ class Transformer(nnx.Module):
         by_index = layers is None and not whole and not copy_weights
         if layers is None and not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
-        dtypes = jax.tree.map(lambda a: a.dtype, block_params)
         packed = layers is None and (cache is not None or not copy_weights) and jax.default_backend() == "cpu"
         if packed:
             # Decoding (no gradient wanted): the scan reads each block of 16-bit float weights as same-width
             # integers. XLA:CPU converts a stack of bf16 weights that a loop slices dynamically to float32 (once
             # per call, hoisted out of the decode loop) and each slice back: a float32 copy of every block, then
             # that conversion's traffic at every token (`as_bits`).
+            dtypes = jax.tree.map(lambda a: a.dtype, block_params)
             block_params = jax.tree.map(as_bits, block_params)
 
         prefix = None if cache is None else cache.prefix
