@@ -47,13 +47,13 @@ def min_decode_rows(*params) -> int:
     of XLA temporaries against 172 MB at two rows, at the same speed; benchmarks/cpu_matmuls.py --dots). A copy of
     the row is cheaper than that; callers drop it."""
     import jax  # here: this module is imported before JAX's flags are set (tune_cpu)
-    import jax.numpy as jnp
+
+    from ivg_jax.model.bits import is_16bit_float
 
     if jax.default_backend() != "cpu":
         return 1
     leaves = (leaf for tree in params for leaf in jax.tree.leaves(tree))
-    return 2 if any(jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.dtype(leaf.dtype).itemsize == 2
-                    for leaf in leaves) else 1
+    return 2 if any(is_16bit_float(leaf.dtype) for leaf in leaves) else 1
 
 
 def with_xla_flags(current: str, flags) -> str:

@@ -548,14 +548,15 @@ def test_a_search_too_large_for_free_memory_is_refused_before_it_runs(models, mo
     generate(models["base"], PROMPTS, g, Search(2, 2, 3), max_new_tokens=6, stop_ids=STOP)  # fits: runs
 
 
+def _bfloat16(model):
+    return model.with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), model.params))
+
+
 def test_a_one_row_bfloat16_search_runs_a_dropped_copy_so_xla_holds_no_float32_weights(models):
     """XLA:CPU multiplies a one-row bf16 dot in float32 on a float32 copy of the weight and hoists that copy out of
     the token loop: every weight held twice. A one-row program (one prompt, W·K = 1) with 16-bit weights on CPU
     therefore runs a copy of its prompt (`min_decode_rows`), dropped from the result — in float32 it does not."""
-    def bf16(model):
-        return model.with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), model.params))
-
-    base = bf16(models["base"]).with_layout(per_layer=True)
+    base = _bfloat16(models["base"]).with_layout(per_layer=True)
     kwargs = dict(sampling=Sampling(1.0), max_new_tokens=6, stop_ids=STOP)
     call = engine.plan(base, PROMPTS[:1], Guidance(), **kwargs)
     assert (call.n_real, call.n_prompts) == (1, 2)
@@ -587,10 +588,10 @@ def test_a_one_row_bfloat16_search_runs_a_dropped_copy_so_xla_holds_no_float32_w
 def test_bfloat16_blocks_are_scanned_as_bits_for_decoding_without_a_float32_copy(models, monkeypatch):
     """XLA:CPU converts a bf16 weight stack that a loop slices dynamically to float32 — hoisted out of the decode
     loop, a float32 copy of every block per call — and each slice back. Decoding scans the stack as uint16 bits
-    instead (`transformer.as_bits`): the same numbers bit for bit, without that copy."""
+    instead (`ivg_jax.model.bits`): the same numbers bit for bit, without that copy."""
     from ivg_jax.model import transformer
 
-    base = models["base"].with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), models["base"].params))
+    base = _bfloat16(models["base"])
     ids = jnp.asarray([[5, 6, 7, 8], [9, 10, 11, 12]], jnp.int32)
     mask = jnp.ones_like(ids, bool)
     sample_args = (base.graphdef, base.params, ids, mask, jax.random.split(jax.random.key(0), 2),

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.errors import InputError
+from ivg_jax.model.bits import take
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -181,38 +182,6 @@ def matmul_rows_f32(x: jax.Array, w) -> jax.Array:
     dtype = _compute_dtype(x)
     product = jnp.einsum("...d,vd->...v", x.astype(dtype), w.values.astype(dtype), preferred_element_type=jnp.float32)
     return product * w.scale.reshape(-1).astype(jnp.float32)
-
-
-def _take_bits(table: jax.Array, ids: jax.Array, axis: int) -> jax.Array:
-    bits = jax.lax.bitcast_convert_type(table, jnp.uint16)
-    return jax.lax.bitcast_convert_type(jnp.take(bits, ids, axis=axis), table.dtype)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _take_16bit(table: jax.Array, ids: jax.Array, axis: int) -> jax.Array:
-    """`jnp.take` of a 16-bit float table, gathered as uint16 bits (exact): XLA:CPU gathers from a bf16 table that
-    a loop reads by converting the whole table to float32 (hoisted: a float32 copy of each embedding per call);
-    the bits cost a uint16 copy instead. The gradient is `jnp.take`'s."""
-    return _take_bits(table, ids, axis)
-
-
-def _take_16bit_fwd(table, ids, axis):
-    return _take_bits(table, ids, axis), (table, ids)
-
-
-def _take_16bit_bwd(axis, residuals, g):
-    table, ids = residuals
-    return jax.vjp(lambda t: jnp.take(t, ids, axis=axis), jnp.zeros_like(table))[1](g)[0], None
-
-
-_take_16bit.defvjp(_take_16bit_fwd, _take_16bit_bwd)
-
-
-def take(table: jax.Array, ids: jax.Array, axis: int) -> jax.Array:
-    """`jnp.take(table, ids, axis)`; 16-bit float tables on CPU through their bits (`_take_16bit`)."""
-    if table.dtype.itemsize == 2 and jnp.issubdtype(table.dtype, jnp.floating) and jax.default_backend() == "cpu":
-        return _take_16bit(table, ids, axis)
-    return jnp.take(table, ids, axis=axis)
 
 
 def take_rows(w, ids: jax.Array) -> jax.Array:

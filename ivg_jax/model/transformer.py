@@ -14,6 +14,7 @@ from flax import nnx
 
 from ivg_jax.config import ModelConfig
 from ivg_jax.errors import InputError
+from ivg_jax.model.bits import as_bits, from_bits, reads_bits
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.layers import Block, Norm, _param, layer_attention, softcap
 from ivg_jax.model.quant import matmul_f32, matmul_rows_f32, take_columns, take_rows
@@ -91,12 +92,10 @@ class Transformer(nnx.Module):
         by_index = layers is None and not whole and not copy_weights
         if layers is None and not whole and copy_weights:
             block_params = jax.tree.map(lambda a: a[start:stop], block_params)
-        packed = layers is None and (cache is not None or not copy_weights) and jax.default_backend() == "cpu"
+        # Decoding (no gradient wanted) scans 16-bit float blocks and caches as their bits (`ivg_jax.model.bits`):
+        # XLA:CPU would slice a float32 copy of each stack.
+        packed = layers is None and (cache is not None or not copy_weights) and reads_bits()
         if packed:
-            # Decoding (no gradient wanted): the scan reads each block of 16-bit float weights as same-width
-            # integers. XLA:CPU converts a stack of bf16 weights that a loop slices dynamically to float32 (once
-            # per call, hoisted out of the decode loop) and each slice back: a float32 copy of every block, then
-            # that conversion's traffic at every token (`as_bits`).
             dtypes = jax.tree.map(lambda a: a.dtype, block_params)
             block_params = jax.tree.map(as_bits, block_params)
 
@@ -204,19 +203,6 @@ class Transformer(nnx.Module):
         """-> (head output float32, or the final-normed hidden [B, T, D] without `head`; new k and v)."""
         h, k, v = self.hidden(tokens, positions, cache, layers=layers)
         return (self.head(h) if head else h), k, v
-
-
-def as_bits(a: jax.Array) -> jax.Array:
-    """A 16-bit float array as the same bits in uint16 (other arrays as they are): exact, and XLA slices integer
-    stacks in place where it would convert a bf16 stack to float32 first (`Transformer.blocks_range`)."""
-    if jnp.issubdtype(a.dtype, jnp.floating) and a.dtype.itemsize == 2:
-        return jax.lax.bitcast_convert_type(a, jnp.uint16)
-    return a
-
-
-def from_bits(a: jax.Array, dtype) -> jax.Array:
-    """The inverse of `as_bits` for an array that was of `dtype`."""
-    return jax.lax.bitcast_convert_type(a, dtype) if a.dtype != dtype else a
 
 
 def per_layer(params: dict) -> bool:
