@@ -12,7 +12,7 @@ one prompt = 16 rows). Ratios are speed over the default.
 ReLU) at 1, 16 and 128 rows, float32 and bfloat16, with YNNPACK's, Eigen's and XLA's oneDNN fusions
 (`--xla_cpu_use_onednn`, the oneDNN path jaxlib 0.10 runs; its `xla_cpu_experimental_onednn_custom_call` flag,
 which an earlier "onednn" choice set, changes nothing in the compiled program); what one bf16 row costs a decode
-program (SmolLM2 sampling one prompt, forced to one row against the engine's prompt plus a dropped copy); and
+program (SmolLM2 sampling one prompt: its dots run as two rows, against a second prompt run and dropped); and
 whether the MLP stack with GELU compiles under oneDNN at all, as single dots and with elementwise neighbours fused
 (each in a child process: it can abort).
 
@@ -106,8 +106,9 @@ def gelu_child(fusion_type: str) -> None:
 
 
 def one_row(repeats: int) -> list[str]:
-    """SmolLM2 plain sampling of one prompt with bf16 per-layer weights, as the engine runs it (two rows: the
-    prompt and a dropped copy, `min_decode_rows`) and forced to one row: XLA temporaries and ms per token."""
+    """SmolLM2 plain sampling of one prompt with bf16 per-layer weights, as the engine runs it (one row whose
+    dots run as two, `one_row_as_two`) and as two prompts, the second a dropped copy (the way before it): XLA
+    temporaries and ms per token."""
     import dataclasses
 
     from ivg_jax.decoding import engine
@@ -117,7 +118,8 @@ def one_row(repeats: int) -> list[str]:
     call = engine.plan(base, prompts, ivg_jax.Guidance(base_template=BASE), None, ivg_jax.Sampling(0.7),
                        new_tokens, stop_ids=[])
     programs, calls = {}, {}
-    for name, c in (("one row", dataclasses.replace(call, n_prompts=1)), (f"{call.n_prompts} rows (default)", call)):
+    for name, c in (("one row, its dots as two (default)", call),
+                    ("the prompt and a dropped copy", dataclasses.replace(call, n_prompts=2))):
         inputs, _, _ = engine.encode_inputs(c, prompts, 0)
         params = engine.placed_params(c)
         compiled = engine.run.lower(c.program, params, inputs).compile()

@@ -37,25 +37,6 @@ def check_cpu_matmuls(cpu_matmuls: str) -> None:
         raise InputError(f"cpu_matmuls must be one of {', '.join(CPU_MATMULS)}; got {cpu_matmuls!r}")
 
 
-def min_decode_rows(*params) -> int:
-    """The fewest rows a decode program should run for weights `params` (pytrees) on the default backend: 2 for
-    16-bit float weights on CPU, else 1.
-
-    Why: XLA:CPU hands a dot to YNNPACK (which multiplies bf16 in bf16) only from two rows up. A one-row bf16 dot
-    becomes a float32 matrix-vector product on a float32 copy of the weight, and in a decode loop XLA hoists that
-    copy out of the token loop: one-row bf16 decoding holds every weight a second time, in float32 (SmolLM2: 765 MB
-    of XLA temporaries against 172 MB at two rows, at the same speed; benchmarks/cpu_matmuls.py --dots). A copy of
-    the row is cheaper than that; callers drop it."""
-    import jax  # here: this module is imported before JAX's flags are set (tune_cpu)
-
-    from ivg_jax.model.bits import is_16bit_float
-
-    if jax.default_backend() != "cpu":
-        return 1
-    leaves = (leaf for tree in params for leaf in jax.tree.leaves(tree))
-    return 2 if any(is_16bit_float(leaf.dtype) for leaf in leaves) else 1
-
-
 def with_xla_flags(current: str, flags) -> str:
     """An XLA_FLAGS value: `current` with each of `flags` ("--name=value") added unless `current` names it already
     (a flag the user set wins). Names are compared whole: a user's `--xla_foo_bar=1` does not hide `--xla_foo`."""

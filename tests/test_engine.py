@@ -552,64 +552,68 @@ def _bfloat16(model):
     return model.with_params(jax.tree.map(lambda a: a.astype(jnp.bfloat16), model.params))
 
 
-def test_a_one_row_bfloat16_search_runs_a_dropped_copy_so_xla_holds_no_float32_weights(models):
+def test_a_one_row_bfloat16_search_holds_no_float32_copy_of_its_weights(models, monkeypatch):
     """XLA:CPU multiplies a one-row bf16 dot in float32 on a float32 copy of the weight and hoists that copy out of
-    the token loop: every weight held twice. A one-row program (one prompt, W·K = 1) with 16-bit weights on CPU
-    therefore runs a copy of its prompt (`min_decode_rows`), dropped from the result — in float32 it does not."""
+    the token loop: a one-row program (one prompt, W·K = 1) would hold every weight twice. Its dots with 16-bit
+    weights run as two rows instead, one kept (`one_row_as_two`): the same tokens as with that copy."""
+    from ivg_jax.model import quant
+
     base = _bfloat16(models["base"]).with_layout(per_layer=True)
     kwargs = dict(sampling=Sampling(1.0), max_new_tokens=6, stop_ids=STOP)
-    call = engine.plan(base, PROMPTS[:1], Guidance(), **kwargs)
-    assert (call.n_real, call.n_prompts) == (1, 2)
-    assert engine.plan(models["base"], PROMPTS[:1], Guidance(), **kwargs).n_prompts == 1
-    best_of_2 = Guidance(explicit=ExplicitGuide(models["value"], 1.0), chunk="explicit")
-    assert engine.plan(base, PROMPTS[:1], best_of_2, Search(1, 2), **kwargs).n_prompts == 1  # two rows already
-
-    def temp_bytes(c):
-        inputs, _, _ = engine.encode_inputs(c, PROMPTS[:1], 3)
-        return engine.run.lower(c.program, engine.placed_params(c), inputs).compile().memory_analysis() \
-            .temp_size_in_bytes
-
     f32_weights = sum(a.size * 4 for a in jax.tree.leaves(base.params))
-    one_row, two_rows = temp_bytes(dataclasses.replace(call, n_prompts=1)), temp_bytes(call)
-    assert one_row - two_rows > 0.5 * f32_weights  # the float32 copy the one-row program holds
-    assert two_rows < 0.5 * f32_weights
 
-    # the copy changes nothing a caller sees: one prompt's result is the first prompt's of a batch
-    out = generate(base, PROMPTS[:1], Guidance(), seed=3, **kwargs)
-    batch = generate(base, PROMPTS[:1] + PROMPTS[1:2], Guidance(), seed=3, **kwargs)
-    assert out.tokens.shape[0] == 1 and out.rows["tokens"].shape[0] == 1
-    np.testing.assert_array_equal(out.tokens[0], batch.tokens[0])
-    assert out.forward_tokens == batch.forward_tokens_per_prompt[0]
-    plain = complete(base, PROMPTS[:1], 6, Sampling(1.0), seed=3, stop_ids=STOP)
-    np.testing.assert_array_equal(plain.tokens, complete(base, PROMPTS[:2], 6, Sampling(1.0), seed=3,
-                                                         stop_ids=STOP).tokens[:1])
+    def one_row():
+        jax.clear_caches()  # the model functions trace again with whatever one_row_as_two is now
+        call = engine.plan(base, PROMPTS[:1], Guidance(), **kwargs)
+        assert call.program.width * call.n_prompts == 1
+        inputs, _, _ = engine.encode_inputs(call, PROMPTS[:1], 3)
+        temp = engine.run.lower(call.program, engine.placed_params(call), inputs).compile().memory_analysis() \
+            .temp_size_in_bytes
+        plain = complete(base, PROMPTS[:1], 6, Sampling(1.0), seed=3, stop_ids=STOP).tokens
+        return generate(base, PROMPTS[:1], Guidance(), seed=3, **kwargs).tokens, plain, temp
+
+    as_two = one_row()
+    monkeypatch.setattr(quant, "one_row_as_two", lambda dot, x: dot(x))
+    as_one = one_row()
+    np.testing.assert_array_equal(as_two[0], as_one[0])
+    np.testing.assert_array_equal(as_two[1], as_one[1])
+    assert as_one[2] > 0.5 * f32_weights  # the float32 copy a one-row bf16 dot makes
+    assert as_two[2] < 0.25 * f32_weights
 
 
-def test_bfloat16_blocks_are_scanned_as_bits_for_decoding_without_a_float32_copy(models, monkeypatch):
+def test_bfloat16_blocks_and_caches_are_scanned_as_bits_for_decoding_without_a_float32_copy(models, monkeypatch):
     """XLA:CPU converts a bf16 weight stack that a loop slices dynamically to float32 — hoisted out of the decode
-    loop, a float32 copy of every block per call — and each slice back. Decoding scans the stack as uint16 bits
-    instead (`ivg_jax.model.bits`): the same numbers bit for bit, without that copy."""
+    loop, a float32 copy of every block per call — and each slice back; a stacked bf16 KV cache it converts to
+    float32 and back at every token's write. Decoding scans the stack as uint16 bits and holds the cache as its
+    bits instead (`ivg_jax.model.bits`): the same numbers bit for bit, without those copies."""
+    from ivg_jax.decoding.plain import _sample_loop
+    from ivg_jax.model import cache as cache_module
     from ivg_jax.model import transformer
 
     base = _bfloat16(models["base"])
+    cfg = base.config
     ids = jnp.asarray([[5, 6, 7, 8], [9, 10, 11, 12]], jnp.int32)
     mask = jnp.ones_like(ids, bool)
     sample_args = (base.graphdef, base.params, ids, mask, jax.random.split(jax.random.key(0), 2),
                    jnp.asarray(STOP), jnp.int32(0), 8, Sampling(1.0))
+    float32_cache = f"f32[{cfg.n_layers},2,{cfg.n_kv_heads},12,{cfg.head_dim}]"  # 4 prompt + 8 new slots
 
     def decode():
         jax.clear_caches()  # the jitted model functions trace again with whatever as_bits is now
         logits, cache = transformer.prefill(base.graphdef, base.params, ids, mask, capacity=8)
         step, _ = transformer.step(base.graphdef, base.params, jnp.asarray([13, 14]), cache)
-        from ivg_jax.decoding.plain import _sample_loop
-        temp = _sample_loop.lower(*sample_args).compile().memory_analysis().temp_size_in_bytes
-        return np.asarray(logits, np.float32), np.asarray(step, np.float32), temp
+        compiled = _sample_loop.lower(*sample_args).compile()
+        tokens = _sample_loop(*sample_args)[0]
+        return (np.asarray(logits, np.float32), np.asarray(step, np.float32), np.asarray(tokens),
+                compiled.memory_analysis().temp_size_in_bytes, compiled.as_text().count(float32_cache))
 
     as_bits = decode()
     monkeypatch.setattr(transformer, "as_bits", lambda a: a)
     monkeypatch.setattr(transformer, "from_bits", lambda a, dtype: a)
+    monkeypatch.setattr(cache_module, "reads_bits", lambda: False)
     as_floats = decode()
-    np.testing.assert_array_equal(as_bits[0], as_floats[0])
-    np.testing.assert_array_equal(as_bits[1], as_floats[1])
+    for mine, theirs in zip(as_bits[:3], as_floats[:3]):
+        np.testing.assert_array_equal(mine, theirs)
     block_weights = sum(a.size for a in jax.tree.leaves(base.params["blocks"]))
-    assert as_floats[2] - as_bits[2] > 1.5 * block_weights  # float32 copy (4 bytes each) against bits (2)
+    assert as_floats[3] - as_bits[3] > 1.5 * block_weights  # float32 copy (4 bytes each) against bits (2)
+    assert as_bits[4] == 0 < as_floats[4]  # the cache is never converted to float32

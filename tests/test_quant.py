@@ -133,3 +133,30 @@ def test_a_bfloat16_table_read_in_a_loop_is_gathered_as_bits_without_a_float32_c
     f32_table = table.size * 4
     assert loop(lambda t, i: jnp.take(t, i, axis=0)) >= f32_table  # what XLA does with a plain gather
     assert loop(take_rows) < 0.6 * f32_table  # the bits: at most a 16-bit copy
+
+
+@pytest.mark.parametrize("rows", [1, 16])
+def test_a_bfloat16_tied_head_in_a_loop_reads_the_embedding_in_place(rows):
+    """With x first, XLA:CPU makes a transposed copy of a bf16 embedding read as a tied head in a loop (YNNPACK
+    takes a bf16 right operand as [in, out]) and, for one row, a float32 copy (a one-row bf16 dot runs in float32).
+    `matmul_rows_f32` reads it in place: the embedding on the left, a lone row run as two. Values against a
+    float64 product."""
+    from ivg_jax.model.quant import matmul_rows_f32
+
+    table = jnp.asarray(np.random.default_rng(0).normal(size=(4096, 64)), jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(rows, 1, 64)), jnp.bfloat16)
+    exact = np.asarray(x, np.float64) @ np.asarray(table, np.float64).T
+    np.testing.assert_allclose(matmul_rows_f32(x, table), exact, rtol=1e-5, atol=1e-4)
+
+    def loop(head):
+        def read(table, x):
+            def body(t, carry):
+                h, total = carry
+                out = head(h, table)
+                return h + (out[..., :64] * 1e-3).astype(h.dtype), total + out.sum()
+            return jax.lax.fori_loop(0, 4, body, (x, jnp.float32(0)))[1]
+        return jax.jit(read).lower(table, x).compile().memory_analysis().temp_size_in_bytes
+
+    table_bytes = table.size * 2
+    assert loop(lambda h, w: jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)) >= table_bytes
+    assert loop(matmul_rows_f32) < 0.6 * table_bytes

@@ -48,7 +48,7 @@ from ivg_jax.guidance import Guidance, Search, host_scored_kind, n_chunks, per_p
 from ivg_jax.model.api import Model
 from ivg_jax.model.cache import KVCache
 from ivg_jax.model.transformer import extend, extend_trunk, head_at, prefill, prefill_trunk, unstack_blocks
-from ivg_jax.runtime import CPU_MATMULS, check_cpu_matmuls, free_memory_bytes, min_decode_rows
+from ivg_jax.runtime import CPU_MATMULS, check_cpu_matmuls, free_memory_bytes
 from ivg_jax.sharding import constrain, put, settle, shard_params, to_host
 
 
@@ -627,10 +627,7 @@ def plan(base: Model, prompts, guidance: Guidance | None = None, search: Search 
     chunks, length = n_chunks(search, max_new_tokens)
     stops = build_stops(base.tokenizer, stop_strings, base.config.eos_token_ids if stop_ids is None else stop_ids,
                         base.config.vocab_size, check_ids=stop_ids is not None)
-    # One-row programs on CPU with bf16 weights run a second, dropped row (`min_decode_rows`: else XLA holds a
-    # float32 copy of every weight); at one row per prompt that row is a copy of the first prompt.
-    n_prompts = max(prompt_bucket(len(prompts)),
-                    -(-min_decode_rows(*(m.params for m in models)) // search.rows_per_prompt))
+    n_prompts = prompt_bucket(len(prompts))
     encoded = list(_encode_members(models, templates, _bucketed(prompts, n_prompts), chunks * length, _pad_id(base)))
     program = Program(
         graphdefs=models.map(lambda m: m.graphdef), token=in_graph.token, chunk=in_graph.chunk,

@@ -19,7 +19,6 @@ from ivg_jax.decoding.stops import stop_token_ids
 from ivg_jax.errors import InputError
 from ivg_jax.model.api import Model
 from ivg_jax.model.transformer import extend, prefill
-from ivg_jax.runtime import min_decode_rows
 
 
 @dataclasses.dataclass
@@ -60,13 +59,10 @@ def complete(model: Model, prompts, max_new_tokens: int = 32, sampling: Sampling
                          f"model's context of {cfg.max_positions}; shorten the prompts or max_new_tokens")
     stops = stop_token_ids(cfg.eos_token_ids if stop_ids is None else stop_ids,
                            None if stop_ids is None else cfg.vocab_size)
-    n = ids.shape[0]
-    rows = max(n, min_decode_rows(model.params))  # copies of the first row, dropped: see `min_decode_rows`
-    ids, mask = (np.concatenate([a, np.repeat(a[:1], rows - n, axis=0)]) for a in (ids, mask))
     tokens, lengths = _sample_loop(model.graphdef, model.params, jnp.asarray(ids), jnp.asarray(mask),
-                                   row_keys(seed, rows), jnp.asarray(stops), jnp.int32(pad_id),
+                                   row_keys(seed, ids.shape[0]), jnp.asarray(stops), jnp.int32(pad_id),
                                    max_new_tokens, sampling)
-    tokens, lengths = np.asarray(tokens)[:n], np.asarray(lengths)[:n]
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     texts = None
     if model.tokenizer is not None:
         texts = [model.tokenizer.decode(t[:n], skip_special_tokens=True) for t, n in zip(tokens, lengths)]

@@ -32,7 +32,7 @@ from ivg_jax.model.transformer import extend, prefill
 def _rollback(cache: KVCache, keep: jax.Array) -> KVCache:
     """Empties every slot holding a position >= keep[row] (those tokens are re-fed)."""
     return KVCache(k=cache.k, v=cache.v, pos=jnp.where(cache.pos >= keep[:, None], -1, cache.pos),
-                   index=cache.index)
+                   index=cache.index, bits_of=cache.bits_of)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

@@ -12,6 +12,10 @@ blocks read their slices of it makes XLA copy the whole cache every step. Every 
 A search's rows share their prompt: a cache may carry the prompt's keys and values once per prompt (`KVPrefix`,
 P prompts, the B rows grouped as [P, B/P]) and hold only the rows' own new tokens, instead of B copies of the
 prompt. Attention reads both; nothing else changes.
+
+On XLA:CPU a stacked cache of 16-bit floats is held as its bits in uint16 (`bits_of`, `ivg_jax.model.bits`): the
+per-token write of a bf16 stack there converts the whole cache to float32 and back, and the layer scan's reading
+it as bits copied it once more; uint16 is written in place and sliced as it is.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+
+from ivg_jax.model.bits import as_bits, is_16bit_float, reads_bits
 
 
 def _rows_axis(x: jax.Array) -> int:
@@ -55,28 +61,42 @@ class KVCache:
     pos: jax.Array  # [B, S] int32 position of the token held in each slot; -1 = empty or padding
     index: jax.Array  # [] int32 next slot to write, shared by all rows
     prefix: KVPrefix | None = None  # the rows' shared prompts (slots before these), or None
+    # The 16-bit float dtype whose bits k and v (and the prefix's) hold as uint16 (a stacked cache on XLA:CPU, see
+    # the module's docstring), or None: they hold their floats.
+    bits_of: str | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @classmethod
     def zeros(cls, n_layers: int, batch: int, capacity: int, n_kv_heads: int, head_dim: int, dtype,
               per_layer: bool = False) -> KVCache:
         """An empty cache, stacked or (`per_layer`) one array per layer."""
+        bits_of = None
         if per_layer:
             k = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
             v = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
         else:
+            if is_16bit_float(dtype) and reads_bits():
+                bits_of, dtype = jnp.dtype(dtype).name, jnp.uint16
             k = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
             v = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
-        return cls(k=k, v=v, pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32))
+        return cls(k=k, v=v, pos=jnp.full((batch, capacity), -1, jnp.int32), index=jnp.zeros((), jnp.int32),
+                   bits_of=bits_of)
+
+    @property
+    def dtype(self):
+        """The dtype of the keys and values this cache holds (the floats, where it holds their bits)."""
+        if self.bits_of is not None:
+            return jnp.dtype(self.bits_of)
+        return self.k[0].dtype if self.per_layer else self.k.dtype
 
     def empty_like(self, batch: int, capacity: int) -> KVCache:
         """An empty cache of this one's layers, layout, heads and dtype for `batch` rows and `capacity` slots."""
         if not self.per_layer:
             n_layers, _, n_kv, _, head_dim = self.k.shape
-            return KVCache.zeros(n_layers, batch, capacity, n_kv, head_dim, self.k.dtype)
+            return KVCache.zeros(n_layers, batch, capacity, n_kv, head_dim, self.dtype)
         if not self.k:  # a member whose blocks all run in a shared trunk: no keys or values of its own
             return KVCache.zeros(0, batch, capacity, 0, 0, jnp.float32, per_layer=True)
         n_kv, _, head_dim = self.k[0].shape[1:]
-        return KVCache.zeros(len(self.k), batch, capacity, n_kv, head_dim, self.k[0].dtype, per_layer=True)
+        return KVCache.zeros(len(self.k), batch, capacity, n_kv, head_dim, self.dtype, per_layer=True)
 
     @property
     def per_layer(self) -> bool:
@@ -98,6 +118,7 @@ class KVCache:
 
     def with_prefix(self, prompts: KVCache) -> KVCache:
         """This (empty) cache of B rows reading `prompts`' P cached prompts, B/P rows per prompt."""
+        assert prompts.bits_of == self.bits_of, "a prefix is held as the rows are (both made by empty_like)"
         return dataclasses.replace(self, prefix=KVPrefix(k=prompts.k, v=prompts.v, pos=prompts.pos))
 
     def write(self, k, v, pos: jax.Array) -> KVCache:
@@ -109,7 +130,8 @@ class KVCache:
             if self.per_layer:
                 return tuple(jax.lax.dynamic_update_slice(h, n.astype(h.dtype), (0, 0, i, 0))
                              for h, n in zip(held, new, strict=True))
-            return jax.lax.dynamic_update_slice(held, new.astype(held.dtype), (0, 0, 0, i, 0))
+            new = new.astype(self.dtype)
+            return jax.lax.dynamic_update_slice(held, new if self.bits_of is None else as_bits(new), (0, 0, 0, i, 0))
 
         return self.advance(put(self.k, k), put(self.v, v), pos)
 
@@ -119,7 +141,7 @@ class KVCache:
         pos [B, T] and moves the index past them."""
         i = self.index
         return KVCache(k=k, v=v, pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
-                       index=i + pos.shape[1], prefix=self.prefix)
+                       index=i + pos.shape[1], prefix=self.prefix, bits_of=self.bits_of)
 
     def take(self, rows: jax.Array) -> KVCache:
         """Selects/reorders rows (broadcasting a prompt's cache, compacting a batch). rows: [B'] int. With a
@@ -131,7 +153,7 @@ class KVCache:
             prefix = KVPrefix(k=_take_rows(prefix.k, prompts), v=_take_rows(prefix.v, prompts),
                               pos=jnp.take(prefix.pos, prompts, axis=0))
         return KVCache(k=_take_rows(self.k, rows), v=_take_rows(self.v, rows),
-                       pos=jnp.take(self.pos, rows, axis=0), index=self.index, prefix=prefix)
+                       pos=jnp.take(self.pos, rows, axis=0), index=self.index, prefix=prefix, bits_of=self.bits_of)
 
     def permute(self, rows: jax.Array) -> KVCache:
         """The same rows in a new order (beam reordering; rows: [B] int, each staying within its prompt, so a
@@ -145,4 +167,4 @@ class KVCache:
                 x, jnp.take(jax.lax.dynamic_index_in_dim(x, i, 0, keepdims=False), rows, axis=0), i, 0) for x in kv)
 
         k, v = jax.lax.fori_loop(0, self.k.shape[0], layer, (self.k, self.v))
-        return KVCache(k=k, v=v, pos=jnp.take(self.pos, rows, axis=0), index=self.index, prefix=self.prefix)
+        return dataclasses.replace(self, k=k, v=v, pos=jnp.take(self.pos, rows, axis=0))

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ivg_jax.config import ModelConfig
-from ivg_jax.model.quant import dense, matmul_f32, matrix
+from ivg_jax.model.quant import cpu_16bit, dense, matmul_f32, matrix, one_row_as_two
 
 # Finite, so rows with no visible key (padding queries) give a uniform softmax instead of NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -310,20 +310,23 @@ class MoE(nnx.Module):
         self.down = _param(rngs, (e, f, d), dtype, ("experts", "mlp", "embed"))
 
     def routing_weights(self, x: jax.Array) -> jax.Array:
-        """[B, T, E] float32: renormalised top-k softmax weights, zero for unselected experts."""
-        logits = einsum("btd,de->bte", x, self.router[...], jnp.float32)
+        """x [..., D] -> [..., E] float32: renormalised top-k softmax weights, zero for unselected experts."""
+        logits = einsum("...d,de->...e", x, self.router[...], jnp.float32)
         probs = jax.nn.softmax(logits, axis=-1)
         top, idx = jax.lax.top_k(probs, self.cfg.experts_per_token)
         top = top / jnp.sum(top, axis=-1, keepdims=True)
-        onehot = jax.nn.one_hot(idx, self.cfg.n_experts, dtype=jnp.float32)  # [B, T, k, E]
-        return jnp.einsum("btk,btke->bte", top, onehot)
+        onehot = jax.nn.one_hot(idx, self.cfg.n_experts, dtype=jnp.float32)  # [..., k, E]
+        return jnp.einsum("...k,...ke->...e", top, onehot)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        weights = self.routing_weights(x).astype(x.dtype)
         gate, up, down = (dense(w.get_value()) for w in (self.gate, self.up, self.down))
-        h = jax.nn.silu(einsum("btd,edf->btef", x, gate)) * einsum("btd,edf->btef", x, up)
-        h = h * weights[..., None]
-        return einsum("btef,efd->btd", h, down)
+
+        def experts(x):  # x [..., D] -> [..., D]
+            weights = self.routing_weights(x).astype(x.dtype)
+            h = jax.nn.silu(einsum("...d,edf->...ef", x, gate)) * einsum("...d,edf->...ef", x, up)
+            return einsum("...ef,efd->...d", h * weights[..., None], down)
+
+        return one_row_as_two(experts, x) if cpu_16bit(gate) else experts(x)
 
 
 class Block(nnx.Module):

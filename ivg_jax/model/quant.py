@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.errors import InputError
-from ivg_jax.model.bits import take
+from ivg_jax.model.bits import is_16bit_float, take
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -167,6 +168,8 @@ def matmul_f32(x: jax.Array, w) -> jax.Array:
     """x [..., in] @ w [in, out] (an array or an `Int8Weight` of `matrix` form) accumulated and returned in
     float32."""
     if not is_quantized(w):
+        if cpu_16bit(w):
+            return one_row_as_two(lambda x: jnp.matmul(x, w, preferred_element_type=jnp.float32), x)
         return jnp.matmul(x, w, preferred_element_type=jnp.float32)
     dtype = _compute_dtype(x)
     product = jnp.matmul(x.astype(dtype), w.values.astype(dtype), preferred_element_type=jnp.float32)
@@ -176,12 +179,40 @@ def matmul_f32(x: jax.Array, w) -> jax.Array:
 def matmul_rows_f32(x: jax.Array, w) -> jax.Array:
     """x [..., in] against the rows of w [out, in] (an embedding read as a tied head; an array or an `Int8Weight`
     scaled per row) -> [..., out] accumulated and returned in float32. One dot contracting w's last axis: through
-    `w.T`, XLA:CPU makes a transposed copy of w per call, for bf16 a float32 one (4x the embedding's bytes)."""
+    `w.T`, XLA:CPU makes a transposed copy of w per call, for bf16 a float32 one (4x the embedding's bytes).
+
+    A 16-bit w on XLA:CPU is the dot's left operand (w's rows times x's, [out, ...], moved back): YNNPACK takes a
+    bf16 right operand as [in, out], so with x first XLA made a transposed copy of the embedding for each loop
+    that reads the head, per call (six in an IVG search of three tied models); on the left it is read in place.
+    float32 dots read w in place either way and keep the plain form."""
     if not is_quantized(w):
+        if cpu_16bit(w):
+            return one_row_as_two(lambda x: jnp.moveaxis(
+                jnp.einsum("vd,...d->v...", w, x, preferred_element_type=jnp.float32), 0, -1), x)
         return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
     dtype = _compute_dtype(x)
     product = jnp.einsum("...d,vd->...v", x.astype(dtype), w.values.astype(dtype), preferred_element_type=jnp.float32)
     return product * w.scale.reshape(-1).astype(jnp.float32)
+
+
+def cpu_16bit(w: jax.Array) -> bool:
+    """Whether a dot with w runs on XLA:CPU with 16-bit float weights (`one_row_as_two`)."""
+    return is_16bit_float(w.dtype) and jax.default_backend() == "cpu"
+
+
+def one_row_as_two(dot, x: jax.Array) -> jax.Array:
+    """dot(x) for x [..., in], a dot with a 16-bit float weight on XLA:CPU; a lone row is run as two, one kept.
+
+    XLA:CPU hands a bf16 dot to YNNPACK (which multiplies bf16 in bf16) only from two rows up; one row it
+    multiplies in float32 on a float32 copy of the whole weight, and in a decode loop XLA hoists that copy out of
+    the token loop: a one-row program (one prompt, W·K = 1) held every weight a second time, in float32, and a
+    one-prompt prefill a float32 copy of each vocab head. Two rows cost a dot no more (it reads the weight
+    either way); results are unchanged."""
+    if math.prod(x.shape[:-1]) != 1:
+        return dot(x)
+    row = x.reshape(1, x.shape[-1])
+    out = dot(jnp.concatenate([row, row]))[:1]
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 def take_rows(w, ids: jax.Array) -> jax.Array:

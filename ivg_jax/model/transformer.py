@@ -131,8 +131,8 @@ class Transformer(nnx.Module):
 
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
         prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
-        if packed:  # a stacked bf16 cache is sliced per block like the weights, and changes every token
-            kv_dtypes = [None if a is None else a.dtype for a in (*rows_kv, *prefix_kv)]
+        if packed:  # a 16-bit stacked cache is sliced per block like the weights: on XLA:CPU it holds its bits
+            kv_dtypes = [None if a is None else cache.dtype for a in (*rows_kv, *prefix_kv)]
             rows_kv, prefix_kv = (tuple(None if a is None else as_bits(a) for a in kv) for kv in (rows_kv, prefix_kv))
         if layers is not None:  # the same block step, unrolled over per-layer weights and cache buffers
             ks, vs = [], []
@@ -215,9 +215,9 @@ def unstack_blocks(params: dict) -> dict:
     decode layout (`generate(unroll_layers=True)`, `load_model(per_layer=True)`).
 
     XLA:CPU runs a block stack as a loop whose every step copies the block's weights out of the stacked arrays
-    (per token), and runs bf16 matmuls inside such a loop in float32 on a float32 copy of all the weights; blocks
-    with weights of their own run in place, in bf16. Made inside a jitted search, the slices are one copy of the
-    blocks per call, outside its token loop. Weights already in this layout come back as they are.
+    (per token; 16-bit stacks are read through their bits, `ivg_jax.model.bits`, else it would slice a float32
+    copy of them); blocks with weights of their own run in place. Made inside a jitted search, the slices are one
+    copy of the blocks per call, outside its token loop. Weights already in this layout come back as they are.
     """
     blocks = params["blocks"]
     if per_layer(params):
