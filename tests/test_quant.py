@@ -160,3 +160,38 @@ def test_a_bfloat16_tied_head_in_a_loop_reads_the_embedding_in_place(rows):
     table_bytes = table.size * 2
     assert loop(lambda h, w: jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)) >= table_bytes
     assert loop(matmul_rows_f32) < 0.6 * table_bytes
+
+
+def test_a_one_row_bfloat16_mixture_of_experts_runs_its_experts_as_two_rows(monkeypatch):
+    """The MoE experts' einsums are one-row bf16 dots too when one row decodes: XLA:CPU would run them in float32 on
+    a float32 copy of the block's experts. They run as two rows, one kept (`one_row_as_two`): the same logits as
+    the row in a two-row batch, without that copy."""
+    from ivg_jax.decoding.plain import _sample_loop
+    from ivg_jax.decoding.sampling import Sampling
+    from ivg_jax.model import layers, transformer
+
+    cfg = ivg_jax.ModelConfig(family="mixtral", vocab_size=101, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+                              head_dim=16, d_ff=256, norm="rms", mlp="moe", activation="silu", positions="rope",
+                              max_positions=64, n_experts=8, experts_per_token=2, pad_token_id=0, eos_token_ids=(1,))
+    model = ivg_jax.init_model(cfg, 0, dtype=jnp.bfloat16)
+    ids = jnp.asarray([[5, 6, 7, 8], [5, 6, 7, 8]], jnp.int32)
+    mask = jnp.ones_like(ids, bool)
+    pair, pair_cache = transformer.prefill(model.graphdef, model.params, ids, mask, capacity=8)
+    one, one_cache = transformer.prefill(model.graphdef, model.params, ids[:1], mask[:1], capacity=8)
+    np.testing.assert_array_equal(np.asarray(one, np.float32), np.asarray(pair[:1], np.float32))
+    pair_step = transformer.step(model.graphdef, model.params, jnp.asarray([9, 9]), pair_cache)[0]
+    one_step = transformer.step(model.graphdef, model.params, jnp.asarray([9]), one_cache)[0]
+    np.testing.assert_array_equal(np.asarray(one_step, np.float32), np.asarray(pair_step[:1], np.float32))
+
+    def temp():
+        jax.clear_caches()
+        args = (model.graphdef, model.params, ids[:1], mask[:1], jax.random.split(jax.random.key(0), 1),
+                jnp.asarray([1]), jnp.int32(0), 4, Sampling(1.0))
+        return _sample_loop.lower(*args).compile().memory_analysis().temp_size_in_bytes
+
+    as_two = temp()
+    monkeypatch.setattr(layers, "one_row_as_two", lambda dot, x: dot(x))
+    block_experts = sum(model.params["blocks"]["mlp"][name][0].size for name in ("gate", "up", "down"))
+    # the layer scan converts the block's experts to float32 (4 bytes each) at every token instead of reading its
+    # 16-bit slice (2)
+    assert temp() - as_two > 1.5 * block_experts
