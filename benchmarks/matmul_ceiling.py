@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
-import time
 
-from timing import cpu_name, report
+from timing import cpu_name, report, timed
 
 D, F, V, BLOCKS, MODELS = 768, 3072, 50257, 12, 4
 SHAPES = ([(D, D)] * 4 + [(D, F), (F, D)]) * BLOCKS + [(D, V)]  # one model's matmuls, in order
@@ -47,14 +45,8 @@ def _random_weights(seed: int = 0):
 
 
 def _median_s(call, repeats: int) -> float:
-    call()
-    call()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of `repeats` calls after a first (compiling, warming) one."""
+    return timed(call, repeats)[2]
 
 
 def run_xla(dtype: str, rows_list: list[int], repeats: int) -> dict:
