@@ -610,7 +610,7 @@ def test_bfloat16_blocks_and_caches_are_scanned_as_bits_for_decoding_without_a_f
     as_bits = decode()
     monkeypatch.setattr(transformer, "as_bits", lambda a: a)
     monkeypatch.setattr(transformer, "from_bits", lambda a, dtype: a)
-    monkeypatch.setattr(cache_module, "reads_bits", lambda: False)
+    monkeypatch.setattr(cache_module, "cpu_16bit", lambda dtype: False)
     as_floats = decode()
     for mine, theirs in zip(as_bits[:3], as_floats[:3]):
         np.testing.assert_array_equal(mine, theirs)

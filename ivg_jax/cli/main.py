@@ -89,7 +89,7 @@ DECODE_HELP = {
                   "results unchanged)",
     "unroll_layers": "load each model's blocks as per-layer weights and run them one after another instead of "
                      "a loop over stacked weights: faster decoding on CPU (bf16 matmuls stay bf16) for a longer "
-                     "compile; results unchanged in float32 (in bfloat16 on CPU the loop computes in float32, "
+                     "compile; results unchanged in float32 (in bfloat16 the two programs round differently, "
                      "so samples differ at the rounding)",
     "cpu_matmuls": "the library XLA:CPU runs the search's matmuls with: xla (its default, YNNPACK) or eigen "
                    "(XLA's own dots); eigen is faster around 8-48 rows (one prompt's beams x candidates) on AVX2 "

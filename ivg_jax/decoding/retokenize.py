@@ -15,6 +15,7 @@ so a rollback drops exactly the contributions it undoes:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -31,8 +32,7 @@ from ivg_jax.model.transformer import extend, prefill
 @jax.jit
 def _rollback(cache: KVCache, keep: jax.Array) -> KVCache:
     """Empties every slot holding a position >= keep[row] (those tokens are re-fed)."""
-    return KVCache(k=cache.k, v=cache.v, pos=jnp.where(cache.pos >= keep[:, None], -1, cache.pos),
-                   index=cache.index, bits_of=cache.bits_of)
+    return dataclasses.replace(cache, pos=jnp.where(cache.pos >= keep[:, None], -1, cache.pos), prefix=None)
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:

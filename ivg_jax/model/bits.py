@@ -25,6 +25,12 @@ def reads_bits() -> bool:
     return jax.default_backend() == "cpu"
 
 
+def cpu_16bit(dtype) -> bool:
+    """Whether arrays of `dtype` are 16-bit floats on XLA:CPU: read through their bits there, and a one-row dot
+    with such a weight is run as two rows (`quant.one_row_as_two`)."""
+    return is_16bit_float(dtype) and reads_bits()
+
+
 def as_bits(a: jax.Array) -> jax.Array:
     """A 16-bit float array as the same bits in uint16; other arrays as they are."""
     return jax.lax.bitcast_convert_type(a, jnp.uint16) if is_16bit_float(a.dtype) else a
@@ -55,6 +61,6 @@ _take_16bit.defvjp(_take_16bit_fwd, _take_16bit_bwd)
 
 def take(table: jax.Array, ids: jax.Array, axis: int) -> jax.Array:
     """`jnp.take(table, ids, axis)`; a 16-bit float table through its bits where `reads_bits()`."""
-    if is_16bit_float(table.dtype) and reads_bits():
+    if cpu_16bit(table.dtype):
         return _take_16bit(table, ids, axis)
     return jnp.take(table, ids, axis=axis)

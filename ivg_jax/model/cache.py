@@ -25,7 +25,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ivg_jax.model.bits import as_bits, is_16bit_float, reads_bits
+from ivg_jax.model.bits import as_bits, cpu_16bit
 
 
 def _rows_axis(x: jax.Array) -> int:
@@ -74,7 +74,7 @@ class KVCache:
             k = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
             v = tuple(jnp.zeros((batch, n_kv_heads, capacity, head_dim), dtype) for _ in range(n_layers))
         else:
-            if is_16bit_float(dtype) and reads_bits():
+            if cpu_16bit(dtype):
                 bits_of, dtype = jnp.dtype(dtype).name, jnp.uint16
             k = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
             v = jnp.zeros((n_layers, batch, n_kv_heads, capacity, head_dim), dtype)
@@ -140,8 +140,8 @@ class KVCache:
         (by `write`, or by blocks that write before they read, `Attention(write_at=)`): records their positions
         pos [B, T] and moves the index past them."""
         i = self.index
-        return KVCache(k=k, v=v, pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32), (0, i)),
-                       index=i + pos.shape[1], prefix=self.prefix, bits_of=self.bits_of)
+        return dataclasses.replace(self, k=k, v=v, pos=jax.lax.dynamic_update_slice(self.pos, pos.astype(jnp.int32),
+                                                                                     (0, i)), index=i + pos.shape[1])
 
     def take(self, rows: jax.Array) -> KVCache:
         """Selects/reorders rows (broadcasting a prompt's cache, compacting a batch). rows: [B'] int. With a
@@ -152,8 +152,8 @@ class KVCache:
             prompts = rows.reshape(-1, per_prompt)[:, 0] // per_prompt
             prefix = KVPrefix(k=_take_rows(prefix.k, prompts), v=_take_rows(prefix.v, prompts),
                               pos=jnp.take(prefix.pos, prompts, axis=0))
-        return KVCache(k=_take_rows(self.k, rows), v=_take_rows(self.v, rows),
-                       pos=jnp.take(self.pos, rows, axis=0), index=self.index, prefix=prefix, bits_of=self.bits_of)
+        return dataclasses.replace(self, k=_take_rows(self.k, rows), v=_take_rows(self.v, rows),
+                                   pos=jnp.take(self.pos, rows, axis=0), prefix=prefix)
 
     def permute(self, rows: jax.Array) -> KVCache:
         """The same rows in a new order (beam reordering; rows: [B] int, each staying within its prompt, so a

@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 
 from ivg_jax.config import ModelConfig
-from ivg_jax.model.quant import cpu_16bit, dense, matmul_f32, matrix, one_row_as_two
+from ivg_jax.model.bits import cpu_16bit
+from ivg_jax.model.quant import dense, matmul_f32, matrix, one_row_as_two
 
 # Finite, so rows with no visible key (padding queries) give a uniform softmax instead of NaN.
 MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -326,7 +327,7 @@ class MoE(nnx.Module):
             h = jax.nn.silu(einsum("...d,edf->...ef", x, gate)) * einsum("...d,edf->...ef", x, up)
             return einsum("...ef,efd->...d", h * weights[..., None], down)
 
-        return one_row_as_two(experts, x) if cpu_16bit(gate) else experts(x)
+        return one_row_as_two(experts, x) if cpu_16bit(gate.dtype) else experts(x)
 
 
 class Block(nnx.Module):

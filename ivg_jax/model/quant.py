@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ivg_jax.errors import InputError
-from ivg_jax.model.bits import is_16bit_float, take
+from ivg_jax.model.bits import cpu_16bit, take
 
 QUANTIZE_CHOICES = ("int8",)
 
@@ -168,7 +168,7 @@ def matmul_f32(x: jax.Array, w) -> jax.Array:
     """x [..., in] @ w [in, out] (an array or an `Int8Weight` of `matrix` form) accumulated and returned in
     float32."""
     if not is_quantized(w):
-        if cpu_16bit(w):
+        if cpu_16bit(w.dtype):
             return one_row_as_two(lambda x: jnp.matmul(x, w, preferred_element_type=jnp.float32), x)
         return jnp.matmul(x, w, preferred_element_type=jnp.float32)
     dtype = _compute_dtype(x)
@@ -186,18 +186,13 @@ def matmul_rows_f32(x: jax.Array, w) -> jax.Array:
     that reads the head, per call (six in an IVG search of three tied models); on the left it is read in place.
     float32 dots read w in place either way and keep the plain form."""
     if not is_quantized(w):
-        if cpu_16bit(w):
+        if cpu_16bit(w.dtype):
             return one_row_as_two(lambda x: jnp.moveaxis(
                 jnp.einsum("vd,...d->v...", w, x, preferred_element_type=jnp.float32), 0, -1), x)
         return jnp.einsum("...d,vd->...v", x, w, preferred_element_type=jnp.float32)
     dtype = _compute_dtype(x)
     product = jnp.einsum("...d,vd->...v", x.astype(dtype), w.values.astype(dtype), preferred_element_type=jnp.float32)
     return product * w.scale.reshape(-1).astype(jnp.float32)
-
-
-def cpu_16bit(w: jax.Array) -> bool:
-    """Whether a dot with w runs on XLA:CPU with 16-bit float weights (`one_row_as_two`)."""
-    return is_16bit_float(w.dtype) and jax.default_backend() == "cpu"
 
 
 def one_row_as_two(dot, x: jax.Array) -> jax.Array:

@@ -117,7 +117,7 @@ class Transformer(nnx.Module):
         def layer(x, scanned):
             params, index, *kv = scanned
             if packed:
-                kv = [None if a is None else from_bits(a, dtype) for a, dtype in zip(kv, kv_dtypes)]
+                kv = [None if a is None else from_bits(a, cache.dtype) for a in kv]
             cache_k, cache_v, prefix_k, prefix_v = kv
             if by_index:
                 params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False),
@@ -132,7 +132,6 @@ class Transformer(nnx.Module):
         rows_kv = (None, None) if cache is None else (cache.k, cache.v)
         prefix_kv = (None, None) if prefix is None else (prefix.k, prefix.v)
         if packed:  # a 16-bit stacked cache is sliced per block like the weights: on XLA:CPU it holds its bits
-            kv_dtypes = [None if a is None else cache.dtype for a in (*rows_kv, *prefix_kv)]
             rows_kv, prefix_kv = (tuple(None if a is None else as_bits(a) for a in kv) for kv in (rows_kv, prefix_kv))
         if layers is not None:  # the same block step, unrolled over per-layer weights and cache buffers
             ks, vs = [], []
